@@ -1,0 +1,250 @@
+"""`distill(config) -> Result`: the one entry point; the CLI calls it too.
+
+Flow: config -> task -> teacher (fine-tuned once and cached when its head is untrained) ->
+student -> recipe stages, each run by DistillationTrainer -> student saved atomically as a plain
+HF folder -> teacher and student evaluated and measured the same way -> report files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from transformers import set_seed
+
+from lmdistill import bench
+from lmdistill.config import ExperimentConfig, config_to_dict, load_config
+from lmdistill.errors import ConfigError
+from lmdistill.io_utils import atomic_dir, atomic_write_json, hash_files, hash_json
+from lmdistill.models.students import build_student
+from lmdistill.models.teacher import (
+    default_cache_dir,
+    freeze,
+    load_model,
+    load_tokenizer,
+    resolve_teacher,
+)
+from lmdistill.recipes import RecipeContext, Stage, recipe_class
+from lmdistill.recipes.base import task_loss
+from lmdistill.report import retention, speedups, write_report
+from lmdistill.tasks import Task, build_task
+from lmdistill.trainer import run_stage
+
+logger = logging.getLogger("lmdistill")
+
+
+@dataclass
+class Result:
+    report: dict
+    output: Path
+    student_dir: Path
+    report_paths: dict[str, Path]
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _data_fingerprint(task: Task, config: ExperimentConfig) -> str:
+    """Hash of the training data: file bytes for local files, the name for hub datasets."""
+    from lmdistill.tasks.io import resolve_path
+
+    path = resolve_path(config.task.train, config.search_dirs)
+    return hash_files([path]) if path is not None and path.is_file() else hash_json(config.task.train)
+
+
+def _weights_fingerprint(source: str) -> str:
+    folder = Path(source)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    return hash_files(files) if files else hash_json(source)
+
+
+def prepare_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_attentions: bool, resume: bool):
+    """Load the teacher with a trained task head; fine-tune it first (cached on disk) if needed.
+
+    Returns (frozen teacher, tokenizer, folder it was loaded from, pretrained source, info dict).
+    """
+    source = resolve_teacher(config.teacher, cache_dir)
+    tokenizer = load_tokenizer(source)
+    auto_class = task.auto_class()
+    attn = "eager" if needs_attentions else None
+    teacher, missing = load_model(auto_class, source, task.model_kwargs(), attn)
+    needs_finetune = config.teacher.finetune == "always" or (
+        config.teacher.finetune == "auto" and (bool(missing) or not task.head_is_trained(teacher))
+    )
+    info = {"source": config.teacher.path, "finetuned": False, "reused_cache": False}
+    if not needs_finetune:
+        return freeze(teacher), tokenizer, source, source, info
+    settings = {
+        "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
+        "teacher": config.teacher.model_dump(mode="json", exclude={"path", "gguf_file", "finetune"}),
+        "training": config.training.model_dump(mode="json", exclude={"epochs", "learning_rate", "logging_steps",
+                                                                     "save_steps", "save_total_limit"}),
+    }
+    key = hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
+    cached = cache_dir / "teachers" / key
+    info.update({"finetuned": True, "cache_key": key, "cache_dir": str(cached)})
+    if (cached / "config.json").is_file():
+        logger.info("reusing the cached fine-tuned teacher %s (key %s)", cached, key)
+        teacher, _ = load_model(auto_class, str(cached), {}, attn)
+        info["reused_cache"] = True
+        return freeze(teacher), tokenizer, str(cached), source, info
+    logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
+    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).item()}),
+                  uses_teacher=False)
+    run_stage(
+        stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
+        cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
+        batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
+        learning_rate=config.teacher.learning_rate,
+    )
+    if is_main_process():
+        with atomic_dir(cached) as tmp:
+            teacher.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(cache_dir / "teachers" / f"{key}.work", ignore_errors=True)
+    barrier()
+    return freeze(teacher), tokenizer, str(cached), source, info
+
+
+def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
+    if recipe.needs_teacher and teacher_tok.get_vocab() != student_tok.get_vocab():
+        what = "compares teacher and student token by token" if recipe.needs_token_alignment else (
+            "feeds the teacher and the student the same token ids")
+        raise ConfigError(
+            f"student.path: the student's vocabulary ({len(student_tok)} tokens) differs from the teacher's "
+            f"({len(teacher_tok)} tokens); recipe '{recipe.name}' {what} and needs one tokenizer"
+        )
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()):
+        if overwrite:
+            if is_main_process():
+                shutil.rmtree(output)
+        elif not resume:
+            raise ConfigError(f"output: {output} already exists; pass --resume to continue it, or --overwrite")
+    barrier()
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def evaluate_and_measure(model, folder, task: Task, tokenizer, config: ExperimentConfig, seq_len: int,
+                         threads: int, desc: str) -> dict:
+    scores = task.evaluate(model, tokenizer, config.training.eval_batch_size, desc=desc)
+    entry = {"metric": scores["metric"], "score": scores["score"], "metrics": scores}
+    if config.bench.enabled:
+        entry.update(bench.measure(
+            model, folder, task.auto_class(), lambda b, n: task.bench_batch(tokenizer, b, n, model.config),
+            config.bench.batch_sizes, seq_len, config.bench.repeats, config.bench.warmup, threads,
+            config.bench.memory,
+        ))
+    else:
+        entry.update({"params": bench.count_parameters(model), "latency_ms": {}, "peak_mem_mb": None})
+    return entry
+
+
+def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
+            overrides: list[str] | None = None) -> Result:
+    """Run one experiment end to end. Returns the report and the output paths."""
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config, overrides)
+    output = Path(config.output)
+    prepare_output(output, resume, overwrite)
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    set_seed(config.training.seed)
+    cache_dir = default_cache_dir(config.cache_dir)
+
+    task = build_task(config.task, config.search_dirs)
+    rcls = recipe_class(config.recipe.name)
+    needs_attentions = getattr(rcls, "needs_attentions", False)
+    teacher, tokenizer, teacher_dir, teacher_source, teacher_info = prepare_teacher(
+        config, task, cache_dir, needs_attentions, resume)
+
+    set_seed(config.training.seed)
+    student, description = build_student(
+        config.student, teacher,
+        lambda: load_model(task.auto_class(), teacher_source, task.model_kwargs())[0],
+        task.auto_class(), task.model_kwargs(),
+    )
+    student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
+    context = RecipeContext(config=config, task=task, teacher=teacher, student=student)
+    recipe = rcls(config.recipe, context)  # checks layer maps, widths, filter counts before training
+    check_vocabularies(tokenizer, student_tokenizer, recipe)
+    logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
+
+    if is_main_process():
+        atomic_write_json(output / "config.json", config_to_dict(config))
+    train_dataset = task.train_dataset(student_tokenizer, student.config)
+    collator = task.collator(student_tokenizer)
+    summaries = []
+    for index, stage in enumerate(recipe.stages(), start=1):
+        net = student if stage.net == "student" else teacher
+        summaries.append(run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset,
+                                   collator, config, output / "stages", task.label_keys, resume))
+        if stage.net == "teacher":
+            freeze(teacher)
+
+    student_dir = output / "student"
+    if is_main_process():
+        with atomic_dir(student_dir) as tmp:
+            student.save_pretrained(tmp)
+            student_tokenizer.save_pretrained(tmp)
+        extras = recipe.extra_outputs()
+        for name, module in extras.items():
+            (output / "extras").mkdir(exist_ok=True)
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, str(output / "extras" / f"{name}.safetensors"))
+    barrier()
+    if not is_main_process():
+        return Result({}, output, student_dir, {})
+
+    student.eval()
+    threads = config.bench.num_threads or torch.get_num_threads()
+    seq_len = config.bench.seq_len or task.typical_length(tokenizer, teacher.config)
+    teacher_entry = evaluate_and_measure(teacher, teacher_dir, task, tokenizer, config, seq_len, threads,
+                                         "eval teacher")
+    student_entry = evaluate_and_measure(student, student_dir, task, student_tokenizer, config, seq_len, threads,
+                                         "eval student")
+    report = {
+        "task": config.task.kind,
+        "recipe": config.recipe.name,
+        "teacher": teacher_entry,
+        "student": student_entry,
+        "retention": round(retention(student_entry["score"], teacher_entry["score"], task.higher_is_better), 4),
+        "speedup": speedups(teacher_entry, student_entry),
+        "higher_is_better": task.higher_is_better,
+        "student_description": description,
+        "teacher_info": teacher_info,
+        "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
+                  "repeats": config.bench.repeats, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "stages": summaries,
+        "config": config_to_dict(config),
+    }
+    paths = write_report(report, output)
+    return Result(report, output, student_dir, paths)
+
+
+def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
+    """`lmdistill eval`: score and measure one saved model on the config's task."""
+    task = build_task(config.task, config.search_dirs)
+    tokenizer = load_tokenizer(model_path, "MODEL")
+    model, missing = load_model(task.auto_class(), model_path, {}, key="MODEL")
+    if missing:
+        raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")
+    model.eval()
+    threads = config.bench.num_threads or torch.get_num_threads()
+    seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
+    entry = evaluate_and_measure(model, model_path, task, tokenizer, config, seq_len, threads, "eval")
+    entry["bench"] = {"seq_len": seq_len, "threads": threads}
+    return entry

@@ -1,0 +1,109 @@
+"""Command line: `lmdistill run | eval | demo`. Thin: parse, call lmdistill.api, print.
+
+A user error (ConfigError, DataError, TrainingError) prints one line to stderr and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from lmdistill.errors import LmdistillError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="lmdistill: %(message)s", stream=sys.stderr)
+    import transformers
+
+    transformers.logging.set_verbosity_info() if verbose else transformers.logging.set_verbosity_error()
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _print_result(result) -> None:
+    from lmdistill.report import markdown_table
+
+    print(markdown_table(result.report))
+    print(f"\nstudent: {result.student_dir}")
+    for kind, path in result.report_paths.items():
+        print(f"report ({kind}): {path}")
+
+
+def cmd_run(args) -> None:
+    from lmdistill.api import distill
+
+    result = distill(args.config, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
+    if result.report:
+        _print_result(result)
+
+
+def cmd_eval(args) -> None:
+    from lmdistill.api import evaluate_model
+    from lmdistill.config import load_config
+
+    config = load_config(args.config, args.set)
+    entry = evaluate_model(args.model, config)
+    print(json.dumps(entry, indent=2))
+
+
+def cmd_demo(args) -> None:
+    from lmdistill.api import distill
+
+    config = REPO_ROOT / "configs" / "demo.yaml"
+    if not config.is_file():
+        raise LmdistillError(f"demo: {config} not found; run the demo from a clone of the lmdistill repository")
+    overrides = [f"output={args.output}"] + (args.set or [])
+    result = distill(config, overwrite=True, overrides=overrides)
+    _print_result(result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmdistill", description="Knowledge distillation for HF language models")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show transformers' own logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one experiment from a YAML config")
+    run.add_argument("config")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser("eval", help="score and measure a saved model on a config's task")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--config", required=True)
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE")
+    evaluate.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="MiniLM-L6 teacher -> 3-layer student on SST-2 with kd")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _setup_logging(args.verbose)
+    try:
+        args.func(args)
+    except LmdistillError as err:
+        print(f"lmdistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmdistill: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model-side helpers: one Features view of any output; teachers; students."""
