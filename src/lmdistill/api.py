@@ -25,6 +25,7 @@ from lmdistill.models.students import build_student
 from lmdistill.models.teacher import (
     default_cache_dir,
     freeze,
+    load_config_of,
     load_model,
     load_tokenizer,
     resolve_teacher,
@@ -76,6 +77,7 @@ def prepare_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs
     """
     source = resolve_teacher(config.teacher, cache_dir)
     tokenizer = load_tokenizer(source)
+    task.bind(load_config_of(source))
     auto_class = task.auto_class()
     attn = "eager" if needs_attentions else None
     teacher, missing = load_model(auto_class, source, task.model_kwargs(), attn)
@@ -239,6 +241,7 @@ def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
     """`lmdistill eval`: score and measure one saved model on the config's task."""
     task = build_task(config.task, config.search_dirs)
     tokenizer = load_tokenizer(model_path, "MODEL")
+    task.bind(load_config_of(model_path))
     model, missing = load_model(task.auto_class(), model_path, {}, key="MODEL")
     if missing:
         raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")

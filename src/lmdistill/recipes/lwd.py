@@ -60,7 +60,7 @@ class LWDRecipe(Recipe):
                     state = self.projections[str(s)](state)
                 hidden = hidden + distance(state, teacher.hidden_states[t], mask)
             hidden = hidden / len(self.layer_map)
-            logs["hidden"] = float(hidden)
+            logs["hidden"] = float(hidden.detach())
             return total + settings.beta * hidden, logs
 
         return [Stage("lwd", loss, modules={"projections": self.projections})]

@@ -44,13 +44,19 @@ class Task:
         )
         self.raw_eval = load_split(cfg.eval, "task.eval", cfg.format, search_dirs, cfg.hub_subset, cfg.max_eval_samples)
         self._tokenized: dict[tuple, datasets.Dataset] = {}
+        self.model_config = None  # the teacher's config, bound by the pipeline before any model is built
         self.setup()
+
+    def bind(self, model_config) -> None:
+        """Called once with the teacher's config, before auto_class(); e.g. LM picks masked vs causal."""
+        self.model_config = model_config
 
     # ---- subclass hooks -------------------------------------------------------------------
     def setup(self) -> None:
         """Check columns and labels of the raw splits; raise DataError naming the file and column."""
 
-    def auto_class(self, model_config=None):
+    def auto_class(self):
+        """The AutoModelFor... class of this task (may depend on self.model_config)."""
         raise NotImplementedError
 
     def model_kwargs(self) -> dict[str, Any]:

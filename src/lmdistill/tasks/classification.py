@@ -55,7 +55,7 @@ class ClassificationTask(Task):
         self.labels = train_labels
         self.label2id = {label: i for i, label in enumerate(train_labels)}
 
-    def auto_class(self, model_config=None):
+    def auto_class(self):
         return AutoModelForSequenceClassification
 
     def model_kwargs(self) -> dict:
