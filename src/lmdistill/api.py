@@ -70,23 +70,24 @@ def _weights_fingerprint(source: str) -> str:
     return hash_files(files) if files else hash_json(source)
 
 
-def prepare_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_attentions: bool, resume: bool):
-    """Load the teacher with a trained task head; fine-tune it first (cached on disk) if needed.
-
-    Returns (frozen teacher, tokenizer, folder it was loaded from, pretrained source, info dict).
-    """
+def load_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_attentions: bool):
+    """Load the teacher as given (its task head may be untrained). Cheap; writes nothing but the
+    one-time GGUF conversion. Returns (teacher, tokenizer, source folder, whether it needs fine-tuning)."""
     source = resolve_teacher(config.teacher, cache_dir)
     tokenizer = load_tokenizer(source)
     task.bind(load_config_of(source))
-    auto_class = task.auto_class()
     attn = "eager" if needs_attentions else None
-    teacher, missing = load_model(auto_class, source, task.model_kwargs(), attn)
+    teacher, missing = load_model(task.auto_class(), source, task.model_kwargs(), attn)
     needs_finetune = config.teacher.finetune == "always" or (
         config.teacher.finetune == "auto" and (bool(missing) or not task.head_is_trained(teacher))
     )
-    info = {"source": config.teacher.path, "finetuned": False, "reused_cache": False}
-    if not needs_finetune:
-        return freeze(teacher), tokenizer, source, source, info
+    return teacher, tokenizer, source, needs_finetune
+
+
+def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, task: Task, cache_dir: Path,
+                     needs_attentions: bool):
+    """Fine-tune the teacher on the task once; the result is cached on disk, keyed by a hash of the
+    teacher weights, the training data and the settings. Returns (teacher, folder, info)."""
     settings = {
         "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
         "teacher": config.teacher.model_dump(mode="json", exclude={"path", "gguf_file", "finetune"}),
@@ -95,12 +96,14 @@ def prepare_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs
     }
     key = hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
     cached = cache_dir / "teachers" / key
-    info.update({"finetuned": True, "cache_key": key, "cache_dir": str(cached)})
+    info = {"source": config.teacher.path, "finetuned": True, "reused_cache": False, "cache_key": key,
+            "cache_dir": str(cached)}
     if (cached / "config.json").is_file():
         logger.info("reusing the cached fine-tuned teacher %s (key %s)", cached, key)
-        teacher, _ = load_model(auto_class, str(cached), {}, attn)
+        attn = "eager" if needs_attentions else None
+        teacher, _ = load_model(task.auto_class(), str(cached), {}, attn)
         info["reused_cache"] = True
-        return freeze(teacher), tokenizer, str(cached), source, info
+        return teacher, str(cached), info
     logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
     stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).item()}),
                   uses_teacher=False)
@@ -116,7 +119,7 @@ def prepare_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs
             tokenizer.save_pretrained(tmp)
         shutil.rmtree(cache_dir / "teachers" / f"{key}.work", ignore_errors=True)
     barrier()
-    return freeze(teacher), tokenizer, str(cached), source, info
+    return teacher, str(cached), info
 
 
 def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
@@ -129,13 +132,14 @@ def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
         )
 
 
+def check_output(output: Path, resume: bool, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()) and not (resume or overwrite):
+        raise ConfigError(f"output: {output} already exists; pass --resume to continue it, or --overwrite")
+
+
 def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    if output.exists() and any(output.iterdir()):
-        if overwrite:
-            if is_main_process():
-                shutil.rmtree(output)
-        elif not resume:
-            raise ConfigError(f"output: {output} already exists; pass --resume to continue it, or --overwrite")
+    if overwrite and not resume and output.exists() and is_main_process():
+        shutil.rmtree(output)
     barrier()
     output.mkdir(parents=True, exist_ok=True)
 
@@ -161,28 +165,41 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     output = Path(config.output)
-    prepare_output(output, resume, overwrite)
+    check_output(output, resume, overwrite)
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
-    set_seed(config.training.seed)
     cache_dir = default_cache_dir(config.cache_dir)
+    set_seed(config.training.seed)
 
+    # 1. Everything that can be checked is checked before anything is written or trained:
+    #    data, teacher, student, and the recipe (layer maps, widths, filter counts, vocabularies).
     task = build_task(config.task, config.search_dirs)
     rcls = recipe_class(config.recipe.name)
     needs_attentions = getattr(rcls, "needs_attentions", False)
-    teacher, tokenizer, teacher_dir, teacher_source, teacher_info = prepare_teacher(
-        config, task, cache_dir, needs_attentions, resume)
-
-    set_seed(config.training.seed)
-    student, description = build_student(
-        config.student, teacher,
-        lambda: load_model(task.auto_class(), teacher_source, task.model_kwargs())[0],
-        task.auto_class(), task.model_kwargs(),
-    )
+    teacher, tokenizer, source, needs_finetune = load_teacher(config, task, cache_dir, needs_attentions)
+    load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs())[0]  # noqa: E731
+    student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
+                                         task.model_kwargs())
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
-    context = RecipeContext(config=config, task=task, teacher=teacher, student=student)
-    recipe = rcls(config.recipe, context)  # checks layer maps, widths, filter counts before training
+    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
+
+    # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
+    prepare_output(output, resume, overwrite)
+    teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
+    if needs_finetune:
+        set_seed(config.training.seed)
+        teacher, teacher_dir, teacher_info = finetune_teacher(teacher, tokenizer, source, config, task, cache_dir,
+                                                              needs_attentions)
+    freeze(teacher)
+
+    # 3. The student and the recipe, built from the teacher as the recipe will use it.
+    set_seed(config.training.seed)
+    if needs_finetune and config.student.path is None and config.student.config is None:
+        student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
+                                             task.model_kwargs())
+    set_seed(config.training.seed)
+    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
     if is_main_process():
