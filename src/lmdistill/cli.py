@@ -24,6 +24,8 @@ def _setup_logging(verbose: bool) -> None:
 
     transformers.logging.set_verbosity_info() if verbose else transformers.logging.set_verbosity_error()
     if not verbose:
+        # Weight-loading bars are noise; the Trainer's own progress bars (tqdm.auto) stay on.
+        transformers.utils.logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
 
