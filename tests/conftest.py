@@ -76,3 +76,20 @@ def sst2_config(teacher: Path | str, output: Path, cache: Path, **sections) -> d
     }
     config.update(sections)
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with an SST-2-shaped head (labels "0", "1") and no dropout: needs no fine-tuning,
+    and runs are deterministic, which the resume and distributed tests compare against."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, classifier_dropout=0.0, num_labels=2,
+                        id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased").save_pretrained(folder)
+    return folder
