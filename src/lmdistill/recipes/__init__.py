@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from lmdistill.errors import ConfigError
 from lmdistill.recipes.base import Recipe, RecipeContext, Stage
+from lmdistill.recipes.fcd import FCDRecipe
 from lmdistill.recipes.finetune import FinetuneRecipe
 from lmdistill.recipes.kd import KDRecipe
 from lmdistill.recipes.lwd import LWDRecipe
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe)}
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe)}
 
 
 def register(recipe_class: type[Recipe]) -> type[Recipe]:
