@@ -1,0 +1,154 @@
+"""Token classification (NER, chunking, POS) on words tagged one tag each.
+
+Data: CoNLL/IOB2 files (`token tag` per line, blank line between sentences; columns `tokens`, `tags`)
+or jsonl rows with a list-of-words column (`task.text`, default `tokens`) and a list-of-tags column
+(`task.label`, default `tags`). Tags are strings such as `B-PER`; the label set is the sorted set of
+train tags, and a tag that appears only in eval is an error.
+
+Words are tokenized with `is_split_into_words=True`; each word's label sits on its FIRST subword,
+the other subwords and the special tokens get -100 (ignored by the loss and the metrics).
+Metrics: entity-level precision, recall and F1 (seqeval, conlleval-style, the primary metric is
+`f1`), and token accuracy over the labelled (first-subword) positions, all in 0..1.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import datasets
+import torch
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+from lmdistill.errors import DataError
+from lmdistill.tasks.base import Task, logger, masked_rows
+
+IGNORE = -100
+SCHEME_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
+
+
+def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """Per-token labels: the word's label on its first subword, -100 elsewhere (specials, later subwords)."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None or word == previous:
+            labels.append(IGNORE)
+        else:
+            labels.append(word_labels[word])
+        previous = word
+    return labels
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision/recall/F1 (seqeval default mode, as conlleval) and token accuracy."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns when no entity is predicted; the score is 0 then
+        scores = {
+            "f1": f1_score(gold, pred, zero_division=0),
+            "precision": precision_score(gold, pred, zero_division=0),
+            "recall": recall_score(gold, pred, zero_division=0),
+        }
+    total = sum(len(g) for g in gold)
+    correct = sum(int(a == b) for g, p in zip(gold, pred) for a, b in zip(g, p))
+    scores["accuracy"] = correct / total if total else 0.0
+    return {k: float(v) for k, v in scores.items()}
+
+
+class TokenClassificationTask(Task):
+    kind = "token-classification"
+    primary_metric = "f1"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if isinstance(cfg.text, list):
+            if len(cfg.text) != 1:
+                raise DataError(f"task.text: token classification reads one column of words, got {cfg.text}")
+            text = cfg.text[0]
+        else:
+            text = cfg.text or "tokens"
+        self.text_column, self.label_column = text, cfg.label or "tags"
+        for raw, source in ((self.raw_train, cfg.train), (self.raw_eval, cfg.eval)):
+            for column, key in ((self.text_column, "task.text"), (self.label_column, "task.label")):
+                if column not in raw.column_names:
+                    hint = "set task.format: conll" if raw.column_names == ["text"] else f"set {key}"
+                    raise DataError(
+                        f"{source}: no column '{column}' (columns: {', '.join(raw.column_names)}); {hint}"
+                    )
+            for row, (words, tags) in enumerate(zip(list(raw[self.text_column]), list(raw[self.label_column]))):
+                if not isinstance(words, (list, tuple)) or not isinstance(tags, (list, tuple)):
+                    raise DataError(
+                        f"{source}: row {row + 1}: columns '{self.text_column}' and '{self.label_column}' "
+                        "must hold lists (words and their tags)"
+                    )
+                if len(words) != len(tags):
+                    raise DataError(
+                        f"{source}: row {row + 1} has {len(words)} words in '{self.text_column}' but "
+                        f"{len(tags)} tags in '{self.label_column}'"
+                    )
+        train_tags = sorted({str(t) for tags in self.raw_train[self.label_column] for t in tags})
+        eval_tags = {str(t) for tags in self.raw_eval[self.label_column] for t in tags}
+        unseen = sorted(eval_tags - set(train_tags))
+        if unseen:
+            raise DataError(
+                f"{cfg.eval}: tag '{unseen[0]}' in column '{self.label_column}' never appears in train "
+                f"(train tags: {', '.join(train_tags[:20])})"
+            )
+        if len(train_tags) < 2:
+            raise DataError(f"{cfg.train}: column '{self.label_column}' has fewer than two distinct tags")
+        odd = [t for t in train_tags if t != "O" and not t.startswith(SCHEME_PREFIXES)]
+        if odd:
+            logger.warning(
+                "%s: tags such as '%s' are not IOB2/IOBES (B-X, I-X, O); entity-level F1 will be meaningless",
+                cfg.train, odd[0],
+            )
+        self.labels = train_tags
+        self.label2id = {tag: i for i, tag in enumerate(train_tags)}
+
+    def auto_class(self):
+        return AutoModelForTokenClassification
+
+    def model_kwargs(self) -> dict:
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": dict(self.label2id),
+        }
+
+    def head_is_trained(self, model) -> bool:
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        return id2label == dict(enumerate(self.labels))
+
+    def tokenize(self, split, raw, tokenizer, max_length):
+        words = [[str(w) for w in row] for row in raw[self.text_column]]
+        tags = [[self.label2id[str(t)] for t in row] for row in raw[self.label_column]]
+        full = tokenizer(words, is_split_into_words=True, truncation=False, verbose=False)
+        self.warn_truncated(split, [len(ids) for ids in full["input_ids"]], max_length)
+        encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+        columns = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        columns["labels"] = [align_labels(encoded.word_ids(i), tags[i]) for i in range(len(words))]
+        return datasets.Dataset.from_dict(columns)
+
+    def collator(self, tokenizer):
+        return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
+
+    def eval_step(self, model, batch):
+        """Per sentence: (predicted ids, gold ids) at the labelled positions. Padding side does not matter."""
+        inputs = {k: v for k, v in batch.items() if k not in self.label_keys}
+        pred = model(**inputs).logits.argmax(-1).cpu().numpy()
+        gold = batch["labels"].cpu().numpy()
+        return [(p[g != IGNORE], g[g != IGNORE]) for p, g in zip(pred, gold)]
+
+    def compute_metrics(self, outputs, dataset, split_raw) -> dict:
+        gold, pred = [], []
+        for batch in outputs:
+            for p, g in batch:
+                pred.append([self.labels[i] for i in p])
+                gold.append([self.labels[i] for i in g])
+        return entity_scores(gold, pred)
+
+    def logit_pairs(self, student_logits, teacher_logits, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [masked_rows(student_logits, teacher_logits, batch.mask)]
+
+
+__all__ = ["TokenClassificationTask", "align_labels", "entity_scores"]
