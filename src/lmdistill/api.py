@@ -91,8 +91,10 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
     settings = {
         "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
         "teacher": config.teacher.model_dump(mode="json", exclude={"path", "gguf_file", "finetune"}),
-        "training": config.training.model_dump(mode="json", exclude={"epochs", "learning_rate", "logging_steps",
-                                                                     "save_steps", "save_total_limit"}),
+        # Only what shapes the teacher's training: not the student's seed, epochs, steps or logging.
+        "training": config.training.model_dump(mode="json", include={
+            "batch_size", "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm",
+            "gradient_accumulation_steps", "group_by_length", "bf16"}),
     }
     key = hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
     cached = cache_dir / "teachers" / key
@@ -111,7 +113,7 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
         cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
         batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
-        learning_rate=config.teacher.learning_rate,
+        learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
     )
     if is_main_process():
         with atomic_dir(cached) as tmp:
@@ -188,7 +190,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     prepare_output(output, resume, overwrite)
     teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
     if needs_finetune:
-        set_seed(config.training.seed)
+        set_seed(config.teacher.seed)
         teacher, teacher_dir, teacher_info = finetune_teacher(teacher, tokenizer, source, config, task, cache_dir,
                                                               needs_attentions)
     freeze(teacher)

@@ -35,6 +35,7 @@ class TeacherConfig(Strict):
     epochs: float = 2.0
     learning_rate: float = 5.0e-5
     batch_size: int | None = None  # default: training.batch_size
+    seed: int = 42  # teacher fine-tuning seed: one teacher per task, shared by every student seed
 
 
 class StudentConfig(Strict):

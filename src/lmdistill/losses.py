@@ -16,14 +16,14 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
         return student_logits.sum() * 0.0
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)  # the teacher is a target
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
     return kl.mean() * (t * t)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
     """-sum_c p_t(c) log p_s(c), averaged over rows ([N, C] each)."""
-    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    p_teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
     return -(p_teacher * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
 
 

@@ -139,7 +139,8 @@ def world_size() -> int:
 
 
 def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path, batch_size: int | None = None,
-                       epochs: float | None = None, learning_rate: float | None = None) -> TrainingArguments:
+                       epochs: float | None = None, learning_rate: float | None = None,
+                       max_steps: int | None = None, seed: int | None = None) -> TrainingArguments:
     train = config.training
     global_batch = batch_size or train.batch_size
     per_step = world_size() * train.gradient_accumulation_steps
@@ -152,14 +153,14 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         per_device_train_batch_size=global_batch // per_step,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         num_train_epochs=epochs if epochs is not None else (stage.epochs or train.epochs),
-        max_steps=train.max_steps,
+        max_steps=train.max_steps if max_steps is None else max_steps,
         learning_rate=learning_rate if learning_rate is not None else (stage.learning_rate or train.learning_rate),
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=train.lr_scheduler,
         max_grad_norm=train.max_grad_norm,
-        seed=train.seed,
-        data_seed=train.seed,
+        seed=train.seed if seed is None else seed,
+        data_seed=train.seed if seed is None else seed,
         logging_steps=train.logging_steps,
         save_strategy="steps",
         save_steps=train.save_steps,

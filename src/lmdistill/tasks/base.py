@@ -155,7 +155,6 @@ class Task:
     def bench_batch(self, tokenizer, batch_size: int, length: int, model_config=None) -> dict[str, torch.Tensor]:
         """Real eval inputs, cut or repeated to `batch_size` rows of exactly `length` tokens."""
         dataset = self.eval_dataset(tokenizer, model_config)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         rows = []
         for i in range(batch_size):
             ids = list(dataset[i % len(dataset)]["input_ids"])
@@ -169,7 +168,6 @@ class Task:
                 ids = ids[:length]
             rows.append(ids)
         input_ids = torch.tensor(rows, dtype=torch.long)
-        del pad
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
