@@ -8,8 +8,9 @@ from lmdistill.recipes.fcd import FCDRecipe
 from lmdistill.recipes.finetune import FinetuneRecipe
 from lmdistill.recipes.kd import KDRecipe
 from lmdistill.recipes.lwd import LWDRecipe
+from lmdistill.recipes.ted import TEDRecipe
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe)}
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe)}
 
 
 def register(recipe_class: type[Recipe]) -> type[Recipe]:
