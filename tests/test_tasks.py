@@ -275,13 +275,18 @@ def test_unseen_eval_tag_is_a_one_line_data_error(tmp_path):
     assert "B-MISC" in message and "dev.conll" in message and "'tags'" in message and "\n" not in message
 
 
-def test_missing_column_and_plain_text_hint(tmp_path):
+def test_missing_column_and_txt_means_conll(tmp_path):
     from lmdistill.tasks.token_classification import TokenClassificationTask
 
-    text = tmp_path / "plain.txt"
-    text.write_text("Anders B-PER\n", encoding="utf-8")
+    # For token classification a .txt file is CoNLL (WikiANN ships as .txt).
+    text = tmp_path / "ner.txt"
+    text.write_text("Anders B-PER\nLindstrom I-PER\n\nBonn B-LOC\nis O\n", encoding="utf-8")
+    task = TokenClassificationTask(TaskConfig(kind="token-classification", train=str(text), eval=str(text)))
+    assert task.raw_train.column_names == ["tokens", "tags"] and len(task.raw_train) == 2
+    # Read as plain text on purpose, the tokens column is missing and the hint says how to fix it.
     with pytest.raises(DataError, match="no column 'tokens'.*task.format: conll"):
-        TokenClassificationTask(TaskConfig(kind="token-classification", train=str(text), eval=str(text)))
+        TokenClassificationTask(TaskConfig(kind="token-classification", train=str(text), eval=str(text),
+                                           format="text"))
     conll = write_conll(tmp_path / "t.conll", SENTENCES)
     with pytest.raises(DataError, match="no column 'words'.*task.text"):
         TokenClassificationTask(TaskConfig(kind="token-classification", train=conll, eval=conll, text="words"))

@@ -34,7 +34,7 @@ from lmdistill.recipes import RecipeContext, Stage, recipe_class
 from lmdistill.recipes.base import task_loss
 from lmdistill.report import retention, speedups, write_report
 from lmdistill.tasks import Task, build_task
-from lmdistill.trainer import run_stage
+from lmdistill.trainer import run_stage, world_size
 
 logger = logging.getLogger("lmdistill")
 
@@ -167,7 +167,14 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     output = Path(config.output)
+    if world_size() > 1:
+        # Under torchrun: join the process group now, so every rank checks the output folder
+        # before any rank creates it (barrier() below is then real).
+        from accelerate import PartialState
+
+        PartialState()
     check_output(output, resume, overwrite)
+    barrier()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     cache_dir = default_cache_dir(config.cache_dir)

@@ -73,8 +73,11 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) 
 
     torch.set_num_threads(threads)
     auto_class = getattr(transformers, class_name)
+    # Import the model's code before the baseline, so only weights and activations are counted.
+    config = transformers.AutoConfig.from_pretrained(folder)
+    model_class = auto_class._model_mapping[type(config)]
     before = _status_mb("VmRSS")
-    model = auto_class.from_pretrained(folder, dtype=torch.float32).eval()
+    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.inference_mode():
         model(**batch)
     peak = _status_mb("VmHWM")

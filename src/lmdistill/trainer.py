@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -152,9 +153,10 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         output_dir=str(output_dir),
         per_device_train_batch_size=global_batch // per_step,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        num_train_epochs=epochs if epochs is not None else (stage.epochs or train.epochs),
+        num_train_epochs=epochs if epochs is not None else (stage.epochs if stage.epochs is not None else train.epochs),
         max_steps=train.max_steps if max_steps is None else max_steps,
-        learning_rate=learning_rate if learning_rate is not None else (stage.learning_rate or train.learning_rate),
+        learning_rate=learning_rate if learning_rate is not None else (
+            stage.learning_rate if stage.learning_rate is not None else train.learning_rate),
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=train.lr_scheduler,
@@ -215,6 +217,9 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
     if trainer.is_world_process_zero():
         save_state(model.trainable_state_dict(), stage_dir / STATE_FILE)
         (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
+        # The stage result is saved; its full checkpoints (weights + optimizer) are no longer needed.
+        for checkpoint in stage_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     net.eval()
     return summary

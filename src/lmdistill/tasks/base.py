@@ -36,13 +36,14 @@ class Task:
     higher_is_better: bool = True
     default_max_length: int = 128
     label_keys: tuple[str, ...] = ("labels",)
+    text_format: str = "text"  # what a .txt file holds for this task (token classification: conll)
 
     def __init__(self, cfg: TaskConfig, search_dirs: list[Path] | None = None):
         self.cfg = cfg
-        self.raw_train = load_split(
-            cfg.train, "task.train", cfg.format, search_dirs, cfg.hub_subset, cfg.max_train_samples
-        )
-        self.raw_eval = load_split(cfg.eval, "task.eval", cfg.format, search_dirs, cfg.hub_subset, cfg.max_eval_samples)
+        self.raw_train = load_split(cfg.train, "task.train", cfg.format, search_dirs, cfg.hub_subset,
+                                    cfg.max_train_samples, self.text_format)
+        self.raw_eval = load_split(cfg.eval, "task.eval", cfg.format, search_dirs, cfg.hub_subset,
+                                   cfg.max_eval_samples, self.text_format)
         self._tokenized: dict[tuple, datasets.Dataset] = {}
         self.model_config = None  # the teacher's config, bound by the pipeline before any model is built
         self.setup()

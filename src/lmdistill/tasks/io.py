@@ -55,10 +55,14 @@ def load_hub(source: str, key: str, subset: str | None, default_split: str) -> d
         ) from None
 
 
-def detect_format(path: Path, fmt: str) -> str:
+def detect_format(path: Path, fmt: str, text_format: str = "text") -> str:
+    """The file format: as configured, or from the suffix. `.txt`/`.raw` mean `text_format`, which
+    token classification sets to `conll` (CoNLL files are often named .txt)."""
     if fmt != "auto":
         return fmt
     suffix = FILE_SUFFIXES.get(path.suffix.lower())
+    if suffix == "text":
+        return text_format
     if suffix == "json":
         head = path.open(encoding="utf-8").read(4096).lstrip()
         return "squad" if head.startswith("{") and '"data"' in head and '"paragraphs"' in head else "jsonl"
@@ -142,6 +146,7 @@ def load_split(
     search_dirs: list[Path] | None = None,
     hub_subset: str | None = None,
     max_samples: int | None = None,
+    text_format: str = "text",
 ) -> datasets.Dataset:
     """Load one split. `key` is the config key (`task.train`) that error messages name."""
     path = resolve_path(source, search_dirs)
@@ -154,7 +159,7 @@ def load_split(
     else:
         if path.is_dir():
             raise DataError(f"{key}: {path} is a folder; give a file")
-        kind = detect_format(path, fmt)
+        kind = detect_format(path, fmt, text_format)
         readers = {
             "tsv": read_tsv,
             "csv": lambda p: read_tsv(p, delimiter=","),

@@ -57,6 +57,7 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, flo
 
 class TokenClassificationTask(Task):
     kind = "token-classification"
+    text_format = "conll"
     primary_metric = "f1"
 
     def setup(self) -> None:
