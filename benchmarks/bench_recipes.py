@@ -1,44 +1,40 @@
-"""Foundation benchmark: finetune, kd and lwd with the real MiniLM-L6 teacher on SST-2 and TREC,
-students of 3 and 2 layers (teacher layers picked uniformly, fine-tuned teacher weights), 3 seeds.
+"""Foundation suite: finetune, kd and lwd with the real MiniLM-L6 teacher on SST-2 and TREC.
 
-    python benchmarks/bench_recipes.py                 # runs what is missing, prints the table
-    python benchmarks/bench_recipes.py --table-only    # the table from benchmarks/results/runs/*.json
+Matrix: tasks sst2, trec x students L3, L2 (3 or 2 of the teacher's 6 layers, picked uniformly,
+initialised from the fine-tuned teacher) x recipes finetune, kd (T 4, alpha 0.5), lwd (kd + uniform
+layer map, hidden-state MSE, beta 1) x seeds 0, 1, 2 = 36 runs.
 
-Protocol (CPU): 1 epoch, batch 32, lr 1e-4, max_length 64 (SST-2) / 32 (TREC); the teacher is
-fine-tuned once per task (2 epochs, lr 5e-5) and cached. Latency: median of 10 forward passes at
-the median eval length, 2 threads, batch 1 and 32, measured in the same process for both models.
+Protocol (benchmarks/common.py, the same for every suite): teacher fine-tuned once per task, 2 epochs
+at lr 5e-5 (teacher.seed 42, cached and shared by every seed and suite); students 1 epoch, batch 32,
+lr 1e-4, max_length 64 (SST-2) / 32 (TREC); latency: median of 10 forward passes at the median eval
+length, batch 1 and 32, teacher and student measured in the same process. One JSON per run in
+benchmarks/results/runs/<key>.json (key e.g. sst2-kd-L3-s0, shared with the other suites); stored
+runs are skipped, so the suite resumes.
+
+    .venv/bin/python benchmarks/bench_recipes.py --dry-run       # check the configs, show the plan
+    .venv/bin/python benchmarks/bench_recipes.py                 # run what is missing, print the table
+    .venv/bin/python benchmarks/bench_recipes.py --table-only --markdown benchmarks/results/recipes.md
 """
 
 from __future__ import annotations
 
-from common import RECIPES, RESULTS, RUNS, base_parser, experiment, run, run_key, table
+import sys
 
-RECIPE_ORDER = ["finetune", "kd", "lwd"]
+import common
+
+TASKS = ["sst2", "trec"]
+LAYERS = [3, 2]
+RECIPES = ["finetune", "kd", "lwd"]
+SEEDS = 3
 
 
-def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=RECIPE_ORDER)
-    args = parser.parse_args()
-    tag = (f"-n{args.max_train_samples}" if args.max_train_samples else "") + (
-        f"-e{args.epochs:g}" if args.epochs != 1 else "")
-    records, groups = [], []
-    for task in args.tasks:
-        for layers in args.layers:
-            for recipe in args.recipes:
-                groups.append((task, f"{layers} layers", recipe))
-                for seed in range(args.seeds):
-                    key = run_key(task, recipe, layers, seed, tag)
-                    output = RESULTS.parent.parent / "runs" / "bench" / key
-                    config = experiment(task, RECIPES[recipe], {"num_layers": layers}, seed, args.epochs,
-                                        args.max_train_samples, output)
-                    record = run(key, config, dry_run=args.dry_run or args.table_only) if not (
-                        args.table_only and not (RUNS / f"{key}.json").exists()) else None
-                    if record:
-                        record["group"] = (task, f"{layers} layers", recipe)
-                        records.append(record)
-    print(table(records, groups, "finetune vs kd vs lwd (MiniLM-L6 teacher)"))
+def main(argv=None) -> int:
+    args = common.parser(__doc__, TASKS, RECIPES, RECIPES, LAYERS, SEEDS).parse_args(argv)
+    students = [common.student_name(n) for n in args.layers]
+    runs = common.plan(args.tasks, students, args.recipes, args.seeds, common.Options.from_args(args))
+    return common.suite_main(args, runs, "finetune vs kd vs lwd, MiniLM-L6 teacher, "
+                                         f"{common.layers_phrase(args.layers)} (teacher weights)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
