@@ -6,7 +6,7 @@ protocol, one result JSON per run, resuming, the plan check and the mean ± std 
 
 Protocol (every suite, every run; `experiment()` builds the config):
   teacher   the packaged MiniLM-L6 (`teacher: minilm`, 6 layers, 384 wide), fine-tuned on the task by
-            lmdistill for 2 epochs at lr 5e-5, batch 32, teacher.seed left at its default (42), and
+            lmdistill for 3 epochs at lr 5e-5, batch 32, teacher.seed left at its default (42), and
             cached: every student seed and every suite shares ONE fine-tuned teacher per task (and per
             max-train-samples setting, which changes the teacher's data).
   students  `L<n>`: n of the teacher's 6 layers, picked uniformly, initialised from the fine-tuned
@@ -26,8 +26,6 @@ everything that changes a result (see `run_key`), so a run that several suites p
 sst2-kd-L3-s0) is trained once and shared. A run whose JSON exists is skipped, so a killed suite
 resumes; a killed run continues from its last checkpoint when its config is unchanged. Each run's
 folder (runs/bench/<key>) is deleted once its JSON is written. Tables are built only from the JSON.
-Note: the repository's .gitignore pattern `runs/` also matches benchmarks/results/runs/, so the JSON
-files must be added with `git add -f` to be committed.
 
 Every suite takes --dry-run (check every config of the plan, print the keys to run / stored),
 --table-only (the table from the stored JSON, nothing runs) and --markdown FILE (also write the
@@ -66,7 +64,7 @@ RUNS = RESULTS / "runs"  # one JSON per run: the only input of the tables
 WORK = REPO / "runs" / "bench"  # run folders (student, checkpoints), deleted after each run
 
 # teacher.seed: its default (42). The caption in `table` states these values too.
-TEACHER = {"path": "minilm", "epochs": 2, "learning_rate": 5e-5}
+TEACHER = {"path": "minilm", "epochs": 3, "learning_rate": 5e-5}
 TEACHER_LAYERS = 6
 STUDENT_LR = 1e-4  # the caption in `table` says so too
 BATCH_SIZE = 32
