@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lmdistill.config import TaskConfig
+from lmdistill.errors import DataError
 from lmdistill.tasks.io import load_split
 
 logger = logging.getLogger("lmdistill")
@@ -170,6 +171,34 @@ class Task:
             rows.append(ids)
         input_ids = torch.tensor(rows, dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+class LabeledTask(Task):
+    """A task with a closed label set learned from train (classification, token classification)."""
+
+    labels: list[str]
+    label2id: dict[str, int]
+
+    def set_label_set(self, train_labels: list[str], eval_labels: set[str], column: str, noun: str = "label"):
+        """Fix the label set (train_labels, already sorted); eval may not hold a label train never had."""
+        unseen = sorted(set(eval_labels) - set(train_labels))
+        if unseen:
+            raise DataError(
+                f"{self.cfg.eval}: {noun} '{unseen[0]}' in column '{column}' never appears in train "
+                f"(train {noun}s: {', '.join(train_labels[:20])})"
+            )
+        if len(train_labels) < 2:
+            raise DataError(f"{self.cfg.train}: column '{column}' has fewer than two distinct {noun}s")
+        self.labels = list(train_labels)
+        self.label2id = {label: i for i, label in enumerate(self.labels)}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": dict(self.label2id)}
+
+    def head_is_trained(self, model) -> bool:
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        return id2label == dict(enumerate(self.labels))
 
 
 def masked_rows(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor):

@@ -7,7 +7,7 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from lmdistill.errors import DataError
-from lmdistill.tasks.base import Task
+from lmdistill.tasks.base import LabeledTask
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
@@ -22,7 +22,7 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LabeledTask):
     kind = "classification"
     primary_metric = "accuracy"
 
@@ -44,30 +44,10 @@ class ClassificationTask(Task):
                         f"{source}: no column '{column}' (columns: {', '.join(raw.column_names)}); set {key}"
                     )
         train_labels = sorted({str(v) for v in self.raw_train[cfg.label]}, key=_label_sort_key)
-        unseen = sorted({str(v) for v in self.raw_eval[cfg.label]} - set(train_labels))
-        if unseen:
-            raise DataError(
-                f"{cfg.eval}: label '{unseen[0]}' in column '{cfg.label}' never appears in train "
-                f"(train labels: {', '.join(train_labels[:20])})"
-            )
-        if len(train_labels) < 2:
-            raise DataError(f"{cfg.train}: column '{cfg.label}' has fewer than two distinct labels")
-        self.labels = train_labels
-        self.label2id = {label: i for i, label in enumerate(train_labels)}
+        self.set_label_set(train_labels, {str(v) for v in self.raw_eval[cfg.label]}, cfg.label)
 
     def auto_class(self):
         return AutoModelForSequenceClassification
-
-    def model_kwargs(self) -> dict:
-        return {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": dict(self.label2id),
-        }
-
-    def head_is_trained(self, model) -> bool:
-        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-        return id2label == dict(enumerate(self.labels))
 
     def tokenize(self, split, raw, tokenizer, max_length):
         texts = [list(raw[c]) for c in self.text_columns]

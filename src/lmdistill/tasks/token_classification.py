@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from lmdistill.errors import DataError
-from lmdistill.tasks.base import Task, logger, masked_rows
+from lmdistill.tasks.base import LabeledTask, logger, masked_rows
 
 IGNORE = -100
 SCHEME_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
@@ -55,7 +55,7 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, flo
     return {k: float(v) for k, v in scores.items()}
 
 
-class TokenClassificationTask(Task):
+class TokenClassificationTask(LabeledTask):
     kind = "token-classification"
     text_format = "conll"
     primary_metric = "f1"
@@ -89,36 +89,16 @@ class TokenClassificationTask(Task):
                     )
         train_tags = sorted({str(t) for tags in self.raw_train[self.label_column] for t in tags})
         eval_tags = {str(t) for tags in self.raw_eval[self.label_column] for t in tags}
-        unseen = sorted(eval_tags - set(train_tags))
-        if unseen:
-            raise DataError(
-                f"{cfg.eval}: tag '{unseen[0]}' in column '{self.label_column}' never appears in train "
-                f"(train tags: {', '.join(train_tags[:20])})"
-            )
-        if len(train_tags) < 2:
-            raise DataError(f"{cfg.train}: column '{self.label_column}' has fewer than two distinct tags")
+        self.set_label_set(train_tags, eval_tags, self.label_column, noun="tag")
         odd = [t for t in train_tags if t != "O" and not t.startswith(SCHEME_PREFIXES)]
         if odd:
             logger.warning(
                 "%s: tags such as '%s' are not IOB2/IOBES (B-X, I-X, O); entity-level F1 will be meaningless",
                 cfg.train, odd[0],
             )
-        self.labels = train_tags
-        self.label2id = {tag: i for i, tag in enumerate(train_tags)}
 
     def auto_class(self):
         return AutoModelForTokenClassification
-
-    def model_kwargs(self) -> dict:
-        return {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": dict(self.label2id),
-        }
-
-    def head_is_trained(self, model) -> bool:
-        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-        return id2label == dict(enumerate(self.labels))
 
     def tokenize(self, split, raw, tokenizer, max_length):
         words = [[str(w) for w in row] for row in raw[self.text_column]]
