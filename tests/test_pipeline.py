@@ -40,3 +40,25 @@ def test_recipe_end_to_end(recipe, tiny_bert_dir, tmp_path, cache_dir):
     assert model.config.num_hidden_layers == 2
     logits = model(**tokenizer(["a fine film ."], return_tensors="pt")).logits
     assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_cli_run_then_eval(tiny_classifier_dir, tmp_path, cache_dir, capsys):
+    import yaml
+
+    from lmdistill.cli import main
+
+    config = sst2_config(tiny_classifier_dir, tmp_path / "run", cache_dir)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--set", "recipe.temperature=3", "--set", "student.layers=[1, 3]"]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "| student |" in out and "report (png):" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["recipe"]["temperature"] == 3 and saved["student"]["layers"] == [1, 3]
+
+    assert main(["eval", str(tmp_path / "run" / "student"), "--config", str(path)]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert entry["metric"] == "accuracy"
+    assert entry["score"] == pytest.approx(report["student"]["score"])
+    assert entry["params"] == report["student"]["params"]
