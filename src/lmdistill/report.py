@@ -90,6 +90,7 @@ def plot_tradeoff(points: list[tuple[str, dict]], path: Path, title: str = "", l
         ax.scatter([x], [entry["score"]], s=60)
         ax.annotate(f"{label} ({entry['params'] / 1e6:.1f}M)", (x, entry["score"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=9)
+    ax.margins(x=0.3, y=0.25)  # room for the labels
     ax.set_xlabel(f"latency at {latency_key} (ms, median)")
     ax.set_ylabel(points[0][1]["metric"])
     ax.set_title(title)
