@@ -84,10 +84,8 @@ def load_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_at
     return teacher, tokenizer, source, needs_finetune
 
 
-def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, task: Task, cache_dir: Path,
-                     needs_attentions: bool):
-    """Fine-tune the teacher on the task once; the result is cached on disk, keyed by a hash of the
-    teacher weights, the training data and the settings. Returns (teacher, folder, info)."""
+def teacher_cache_key(config: ExperimentConfig, task: Task, source: str) -> str:
+    """Hash of the teacher weights, the training data and what shapes the teacher's training."""
     settings = {
         "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
         "teacher": config.teacher.model_dump(mode="json", exclude={"path", "gguf_file", "finetune"}),
@@ -96,7 +94,14 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
             "batch_size", "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm",
             "gradient_accumulation_steps", "group_by_length", "bf16"}),
     }
-    key = hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
+    return hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
+
+
+def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, task: Task, cache_dir: Path,
+                     needs_attentions: bool):
+    """Fine-tune the teacher on the task once; the result is cached on disk, keyed by
+    `teacher_cache_key`. Returns (teacher, folder, info)."""
+    key = teacher_cache_key(config, task, source)
     cached = cache_dir / "teachers" / key
     info = {"source": config.teacher.path, "finetuned": True, "reused_cache": False, "cache_key": key,
             "cache_dir": str(cached)}
