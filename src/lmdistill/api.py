@@ -151,19 +151,30 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def evaluate_and_measure(model, folder, task: Task, tokenizer, config: ExperimentConfig, seq_len: int,
-                         threads: int, desc: str) -> dict:
-    scores = task.evaluate(model, tokenizer, config.training.eval_batch_size, desc=desc)
-    entry = {"metric": scores["metric"], "score": scores["score"], "metrics": scores}
+def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq_len: int, threads: int) -> dict:
+    """Score and measure models the same way. models: {role: (model, folder, tokenizer)}.
+    Latency is measured side by side (bench.compare_latency), the rest per model."""
+    entries = {}
+    for role, (model, folder, tokenizer) in models.items():
+        scores = task.evaluate(model, tokenizer, config.training.eval_batch_size, desc=f"eval {role}")
+        entry = {"metric": scores["metric"], "score": scores["score"], "metrics": scores,
+                 "params": bench.count_parameters(model), "latency_ms": {}, "peak_mem_mb": None}
+        if config.bench.enabled:
+            entry.update(bench.static_figures(model, folder, task.auto_class(), _batch_maker(task, tokenizer, model),
+                                              config.bench.batch_sizes, seq_len, threads, config.bench.memory))
+        entries[role] = entry
     if config.bench.enabled:
-        entry.update(bench.measure(
-            model, folder, task.auto_class(), lambda b, n: task.bench_batch(tokenizer, b, n, model.config),
+        latency = bench.compare_latency(
+            {role: (model, _batch_maker(task, tokenizer, model)) for role, (model, _, tokenizer) in models.items()},
             config.bench.batch_sizes, seq_len, config.bench.repeats, config.bench.warmup, threads,
-            config.bench.memory,
-        ))
-    else:
-        entry.update({"params": bench.count_parameters(model), "latency_ms": {}, "peak_mem_mb": None})
-    return entry
+            config.bench.rounds)
+        for role in models:
+            entries[role]["latency_ms"] = latency[role]
+    return entries
+
+
+def _batch_maker(task: Task, tokenizer, model):
+    return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
 
 def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
@@ -245,10 +256,10 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     student.eval()
     threads = config.bench.num_threads or torch.get_num_threads()
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, teacher.config)
-    teacher_entry = evaluate_and_measure(teacher, teacher_dir, task, tokenizer, config, seq_len, threads,
-                                         "eval teacher")
-    student_entry = evaluate_and_measure(student, student_dir, task, student_tokenizer, config, seq_len, threads,
-                                         "eval student")
+    entries = evaluate_and_measure({"teacher": (teacher, teacher_dir, tokenizer),
+                                    "student": (student, student_dir, student_tokenizer)},
+                                   task, config, seq_len, threads)
+    teacher_entry, student_entry = entries["teacher"], entries["student"]
     report = {
         "task": config.task.kind,
         "recipe": config.recipe.name,
@@ -260,7 +271,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "student_description": description,
         "teacher_info": teacher_info,
         "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
-                  "repeats": config.bench.repeats, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+                  "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "stages": summaries,
         "config": config_to_dict(config),
     }
@@ -279,6 +290,6 @@ def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
     model.eval()
     threads = config.bench.num_threads or torch.get_num_threads()
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
-    entry = evaluate_and_measure(model, model_path, task, tokenizer, config, seq_len, threads, "eval")
+    entry = evaluate_and_measure({"model": (model, model_path, tokenizer)}, task, config, seq_len, threads)["model"]
     entry["bench"] = {"seq_len": seq_len, "threads": threads}
     return entry

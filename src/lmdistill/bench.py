@@ -102,30 +102,43 @@ def peak_memory_mb(folder: str | Path, auto_class, batch: dict, threads: int) ->
     return float(queue.get(timeout=5))
 
 
-def measure(model, folder, auto_class, make_batch, batch_sizes, seq_len: int, repeats: int, warmup: int,
-            threads: int, memory: bool = True) -> dict:
-    """All cost figures for one model. `make_batch(batch_size, seq_len)` returns real inputs."""
+def compare_latency(models: dict, batch_sizes: list[int], seq_len: int, repeats: int, warmup: int,
+                    threads: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of each model at each batch size, measured side by side.
+
+    models: {name: (model, make_batch)} with make_batch(batch_size, seq_len) -> real inputs.
+    The models alternate within each of `rounds` rounds, so machine noise hits them alike; a
+    model's figure is the median over its rounds of the per-round medians.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        latency = {}
+        result = {name: {} for name in models}
         for size in batch_sizes:
-            batch = make_batch(size, seq_len)
             # Fewer repeats at large batch: each is long, and the median settles quickly.
             reps = repeats if size <= 8 else max(3, repeats // 3)
-            latency[f"batch{size}"] = round(latency_ms(model, batch, reps, warmup), 3)
-        one = make_batch(1, seq_len)
-        figures = {
-            "params": count_parameters(model),
-            "size_mb": round(folder_size_mb(folder), 2),
-            "gflops_batch1": round(forward_gflops(model, one), 4),
-            "latency_ms": latency,
-            "peak_mem_mb": None,
-        }
-        if memory:
-            big = make_batch(max(batch_sizes), seq_len)
-            peak = peak_memory_mb(folder, auto_class, big, threads)
-            figures["peak_mem_mb"] = round(peak, 1) if peak is not None else None
-        return figures
+            batches = {name: make_batch(size, seq_len) for name, (_, make_batch) in models.items()}
+            samples = {name: [] for name in models}
+            for round_index in range(rounds):
+                for name, (model, _) in models.items():
+                    samples[name].append(latency_ms(model, batches[name], reps, warmup if round_index == 0 else 1))
+            for name in models:
+                result[name][f"batch{size}"] = round(statistics.median(samples[name]), 3)
+        return result
     finally:
         torch.set_num_threads(previous)
+
+
+def static_figures(model, folder, auto_class, make_batch, batch_sizes, seq_len: int, threads: int,
+                   memory: bool = True) -> dict:
+    """Parameters, size on disk, GFLOPs at batch 1 and peak memory at the largest batch."""
+    figures = {
+        "params": count_parameters(model),
+        "size_mb": round(folder_size_mb(folder), 2),
+        "gflops_batch1": round(forward_gflops(model, make_batch(1, seq_len)), 4),
+        "peak_mem_mb": None,
+    }
+    if memory:
+        peak = peak_memory_mb(folder, auto_class, make_batch(max(batch_sizes), seq_len), threads)
+        figures["peak_mem_mb"] = round(peak, 1) if peak is not None else None
+    return figures

@@ -101,7 +101,8 @@ class BenchConfig(Strict):
     enabled: bool = True
     batch_sizes: list[int] = [1, 32]
     seq_len: int | None = None  # default: the task's typical (median) eval length
-    repeats: int = 15
+    repeats: int = 15  # forward passes per round (a third of it at batch >= 8)
+    rounds: int = 3  # teacher and student alternate; the figure is the median over rounds
     warmup: int = 3
     num_threads: int | None = None  # default: torch's current thread count
     memory: bool = True  # peak memory, measured in a fresh process per model
