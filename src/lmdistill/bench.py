@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -119,7 +120,7 @@ def compare_latency(models: dict, batch_sizes: list[int], seq_len: int, repeats:
             reps = repeats if size <= 8 else max(3, repeats // 3)
             batches = {name: make_batch(size, seq_len) for name, (_, make_batch) in models.items()}
             samples = {name: [] for name in models}
-            for round_index in range(rounds):
+            for round_index in tqdm(range(rounds), desc=f"latency batch {size}", leave=False):
                 for name, (model, _) in models.items():
                     samples[name].append(latency_ms(model, batches[name], reps, warmup if round_index == 0 else 1))
             for name in models:
