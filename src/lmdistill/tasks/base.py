@@ -81,6 +81,15 @@ class Task:
         return True
 
     # ---- shared machinery ------------------------------------------------------------------
+    def single_text_column(self, default: str, what: str) -> str:
+        """The one column `task.text` names (a string or a one-item list), else `default`."""
+        text = self.cfg.text
+        if isinstance(text, list):
+            if len(text) != 1:
+                raise DataError(f"task.text: {what}, got {text}")
+            return text[0]
+        return text or default
+
     def max_length(self, tokenizer, model_config=None) -> int:
         wanted = self.cfg.max_length or self.default_max_length
         limit = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None

@@ -98,13 +98,7 @@ class LanguageModelingTask(Task):
 
     def setup(self) -> None:
         cfg = self.cfg
-        if isinstance(cfg.text, list):
-            if len(cfg.text) != 1:
-                raise DataError(f"task.text: language modelling reads one text column, got {cfg.text}")
-            text = cfg.text[0]
-        else:
-            text = cfg.text or "text"
-        self.text_column = text
+        text = self.text_column = self.single_text_column("text", "language modelling reads one text column")
         for raw, source in ((self.raw_train, cfg.train), (self.raw_eval, cfg.eval)):
             if text not in raw.column_names:
                 raise DataError(f"{source}: no column '{text}' (columns: {', '.join(raw.column_names)}); set task.text")

@@ -62,12 +62,7 @@ class TokenClassificationTask(LabeledTask):
 
     def setup(self) -> None:
         cfg = self.cfg
-        if isinstance(cfg.text, list):
-            if len(cfg.text) != 1:
-                raise DataError(f"task.text: token classification reads one column of words, got {cfg.text}")
-            text = cfg.text[0]
-        else:
-            text = cfg.text or "tokens"
+        text = self.single_text_column("tokens", "token classification reads one column of words")
         self.text_column, self.label_column = text, cfg.label or "tags"
         for raw, source in ((self.raw_train, cfg.train), (self.raw_eval, cfg.eval)):
             for column, key in ((self.text_column, "task.text"), (self.label_column, "task.label")):
