@@ -13,7 +13,7 @@ initialised AT RANDOM (from scratch): the setting where fcd needs no projection 
 The narrow table says so in its title.
 
 Protocol (benchmarks/common.py, the same for every suite, --narrow included): teacher MiniLM-L6
-fine-tuned once per task, 2 epochs at lr 5e-5 (teacher.seed 42, cached); students 1 epoch, batch 32,
+fine-tuned once per task, 3 epochs at lr 5e-5 (teacher.seed 42, cached); students 1 epoch, batch 32,
 lr 1e-4, max_length 64 (SST-2) / 32 (TREC); latency: median of 10 forward passes, batch 1 and 32.
 One JSON per run in benchmarks/results/runs/<key>.json (e.g. sst2-fcd-token-L3-s0,
 trec-lwd-L2-narrow-s1); stored runs are skipped, so the suite resumes.

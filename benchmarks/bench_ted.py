@@ -14,7 +14,7 @@ preset name, so they never collide with the default runs:
   --nonlinear               Linear-activation-Linear filters: ted-nl
 
 Protocol (benchmarks/common.py, the same for every suite): teacher MiniLM-L6 fine-tuned once per task,
-2 epochs at lr 5e-5 (teacher.seed 42, cached); students 1 epoch, batch 32, lr 1e-4, max_length 64
+3 epochs at lr 5e-5 (teacher.seed 42, cached); students 1 epoch, batch 32, lr 1e-4, max_length 64
 (SST-2, WikiANN) / 32 (TREC); latency: median of 10 forward passes, batch 1 and 32. One JSON per run
 in benchmarks/results/runs/<key>.json (e.g. wikiann-ted-L3-s0, sst2-ted-amse20-L3-s1); stored runs are
 skipped, so the suite resumes.
