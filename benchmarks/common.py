@@ -399,7 +399,7 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     values = [v * scale for v in values if v is not None]
     if not values:
         return "n/a"
-    if len(values) == 1 or max(values) == min(values):
+    if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
@@ -456,7 +456,9 @@ def table(runs: list[Run], title: str, options: Options = Options()) -> str:
         f"max_length {lengths}" + (f"; {'; '.join(data)}" if data else "") + f". Score ×100: {score}. "
         f"Mean ± std over seeds {seeds_s}. Speed-up: teacher / student median latency at batch 32 "
         f"({BENCH['repeats']} forward passes at the median eval length, {threads_s} threads, {devices_s}), "
-        f"measured in each run.")]
+        f"measured in each run." + (
+            f" ted: each of its 4 stages runs {epochs:g} epoch{'s' if epochs != 1 else ''} at lr 1e-4, so its student "
+            f"backbone trains {2 * epochs:g} epochs (fine-tune, then stage II)." if any(run.recipe.startswith("ted") for run in runs) else ""))]
     if stale:
         lines.append(f"\nWARNING: {len(stale)} stored runs were made with another config than this plan's: "
                      + ", ".join(stale))
