@@ -10,6 +10,7 @@ filter per student layer; every stage, i.e. teacher filters, student fine-tune, 
 stage II, runs the protocol's epochs and lr unless the preset says other). Variants get their own
 preset name, so they never collide with the default runs:
   --alpha-mse 5 10 20 100   one ted variant per value: ted-amse5, ted (10 is the default), ted-amse20, ...
+  --alpha-kl 1              alpha_kl 1 instead of 20: ted-akl1
   --filter-interval 2       student_filter_interval 2 (the teacher's interval follows): ted-fi2
   --nonlinear               Linear-activation-Linear filters: ted-nl
 
@@ -42,11 +43,12 @@ def main(argv=None) -> int:
     parser = common.parser(__doc__, TASKS, RECIPES, RECIPES, LAYERS, SEEDS)
     parser.add_argument("--alpha-mse", nargs="+", type=float, default=None,
                         help="ted: one variant per value (a sweep); default: the preset's")
+    parser.add_argument("--alpha-kl", type=float, default=None, help="ted: alpha_kl of every variant")
     parser.add_argument("--filter-interval", type=int, default=None,
                         help="ted: student_filter_interval (the teacher's follows to give the same filter count)")
     parser.add_argument("--nonlinear", action="store_true", help="ted: Linear-activation-Linear filters")
     args = parser.parse_args(argv)
-    variants = [common.ted_name(value, args.filter_interval, args.nonlinear) for value in (args.alpha_mse or [None])]
+    variants = [common.ted_name(value, args.filter_interval, args.nonlinear, args.alpha_kl) for value in (args.alpha_mse or [None])]
     recipes = []
     for name in args.recipes:
         recipes += [r for r in (variants if name == "ted" else [name]) if r not in recipes]

@@ -104,17 +104,21 @@ RECIPES = {
             "stage1_student_epochs": None, "stage1_student_lr": None,
             "stage2_epochs": None, "stage2_lr": None},
 }
-_TED_VARIANT = re.compile(r"ted(?:-amse(?P<amse>\d+(?:\.\d+)?(?:e[+-]?\d+)?))?(?:-fi(?P<fi>\d+))?(?P<nl>-nl)?")
+_NUMBER = r"\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+_TED_VARIANT = re.compile(rf"ted(?:-amse(?P<amse>{_NUMBER}))?(?:-akl(?P<akl>{_NUMBER}))?(?:-fi(?P<fi>\d+))?(?P<nl>-nl)?")
 
 NARROW = {"hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 12}  # 12 heads of 16
 _STUDENT = re.compile(r"L(?P<layers>\d+)(?P<narrow>-narrow)?")
 
 
-def ted_name(alpha_mse: float | None = None, filter_interval: int | None = None, nonlinear: bool = False) -> str:
-    """Preset name of a ted variant: ted[-amse<alpha_mse>][-fi<student interval>][-nl]."""
+def ted_name(alpha_mse: float | None = None, filter_interval: int | None = None, nonlinear: bool = False,
+             alpha_kl: float | None = None) -> str:
+    """Preset name of a ted variant: ted[-amse<alpha_mse>][-akl<alpha_kl>][-fi<student interval>][-nl]."""
     name = "ted"
     if alpha_mse is not None and alpha_mse != RECIPES["ted"]["alpha_mse"]:
         name += f"-amse{alpha_mse:g}"
+    if alpha_kl is not None and alpha_kl != RECIPES["ted"]["alpha_kl"]:
+        name += f"-akl{alpha_kl:g}"
     if filter_interval is not None and filter_interval != RECIPES["ted"]["student_filter_interval"]:
         name += f"-fi{filter_interval}"
     if nonlinear:
@@ -132,6 +136,8 @@ def recipe_settings(name: str) -> dict:
     settings = dict(RECIPES["ted"])
     if match["amse"]:
         settings["alpha_mse"] = float(match["amse"])
+    if match["akl"]:
+        settings["alpha_kl"] = float(match["akl"])
     if match["fi"]:
         settings["student_filter_interval"] = int(match["fi"])
     if match["nl"]:
