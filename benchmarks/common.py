@@ -429,6 +429,7 @@ def table(runs: list[Run], title: str, options: Options = Options()) -> str:
         if task not in teachers_done:
             teachers_done.add(task)
             teacher = [records[r.key]["report"]["teacher"]["score"] for r in runs if r.task == task and records[r.key]]
+            teacher = teacher[:1] if len(set(teacher)) == 1 else teacher  # one cached teacher: one value
             lines.append(f"| {task} | teacher (MiniLM-L6) | — | {reports[0]['teacher']['metric']} | "
                          f"{mean_std(teacher, 100)} | 100 | 1.00 | — |")
         threads |= {r.get("bench", {}).get("threads") for r in reports}
