@@ -13,6 +13,7 @@ preset name, so they never collide with the default runs:
   --alpha-kl 1              alpha_kl 1 instead of 20: ted-akl1
   --filter-interval 2       student_filter_interval 2 (the teacher's interval follows): ted-fi2
   --nonlinear               Linear-activation-Linear filters: ted-nl
+  --variants ted ted-nl ... any list of variant names, e.g. for one table of all the tries
 
 Protocol (benchmarks/common.py, the same for every suite): teacher MiniLM-L6 fine-tuned once per task,
 3 epochs at lr 5e-5 (teacher.seed 42, cached); students 1 epoch, batch 32, lr 1e-4, max_length 64
@@ -47,8 +48,18 @@ def main(argv=None) -> int:
     parser.add_argument("--filter-interval", type=int, default=None,
                         help="ted: student_filter_interval (the teacher's follows to give the same filter count)")
     parser.add_argument("--nonlinear", action="store_true", help="ted: Linear-activation-Linear filters")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help="ted variants by preset name (e.g. ted ted-amse1 ted-nl ted-fi2 ted-akl1), instead of the "
+                             "--alpha-mse/--alpha-kl/--filter-interval/--nonlinear product")
     args = parser.parse_args(argv)
     variants = [common.ted_name(value, args.filter_interval, args.nonlinear, args.alpha_kl) for value in (args.alpha_mse or [None])]
+    if args.variants:
+        for name in args.variants:
+            try:
+                common.recipe_settings(name)
+            except ValueError as err:
+                parser.error(str(err))
+        variants = list(args.variants)
     recipes = []
     for name in args.recipes:
         recipes += [r for r in (variants if name == "ted" else [name]) if r not in recipes]
