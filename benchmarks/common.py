@@ -178,10 +178,11 @@ class Options:
     max_train_samples: int | None = None  # None: the task preset's (all of SST-2/TREC, 10k WikiANN)
     max_eval_samples: int | None = None  # None: the task preset's (all of SST-2/TREC, 2k WikiANN)
     threads: int | None = None  # torch threads for training and latency; None: torch's default
+    learning_rate: float = STUDENT_LR
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Options":
-        return cls(args.epochs, args.max_train_samples, args.max_eval_samples, args.threads)
+        return cls(args.epochs, args.max_train_samples, args.max_eval_samples, args.threads, args.lr)
 
 
 def _override(task: str, field: str, value: int | None) -> int | None:
@@ -201,6 +202,8 @@ def run_key(task: str, recipe: str, student: str, seed: int, options: Options = 
         key += f"-v{n}"
     if options.threads:
         key += f"-t{options.threads}"
+    if options.learning_rate != STUDENT_LR:
+        key += f"-lr{options.learning_rate:g}"
     return key
 
 
@@ -214,7 +217,7 @@ def experiment(task: str, recipe: str, student: str, seed: int, options: Options
         task_cfg["max_train_samples"] = n
     if (n := _override(task, "max_eval_samples", options.max_eval_samples)) is not None:
         task_cfg["max_eval_samples"] = n
-    training = {"epochs": options.epochs, "batch_size": BATCH_SIZE, "learning_rate": STUDENT_LR, "seed": seed,
+    training = {"epochs": options.epochs, "batch_size": BATCH_SIZE, "learning_rate": options.learning_rate, "seed": seed,
                 "logging_steps": 50, "save_steps": 500, "save_total_limit": 1}
     bench = dict(BENCH)
     if options.threads:
@@ -459,12 +462,12 @@ def table(runs: list[Run], title: str, options: Options = Options()) -> str:
     seeds_s = ", ".join(str(s) for s in sorted({run.seed for run in runs}))
     lines += ["", (
         f"Protocol: teacher MiniLM-L6 fine-tuned {TEACHER['epochs']} epochs at lr 5e-5 (seed 42, cached, one per "
-        f"task); students {epochs:g} epoch{'s' if epochs != 1 else ''} at lr 1e-4, batch {BATCH_SIZE}; "
+        f"task); students {epochs:g} epoch{'s' if epochs != 1 else ''} at lr {options.learning_rate:g}, batch {BATCH_SIZE}; "
         f"max_length {lengths}" + (f"; {'; '.join(data)}" if data else "") + f". Score ×100: {score}. "
         f"Mean ± std over seeds {seeds_s}. Speed-up: teacher / student median latency at batch 32 "
         f"({BENCH['repeats']} forward passes at the median eval length, {threads_s} threads, {devices_s}), "
         f"measured in each run." + (
-            f" ted: each of its 4 stages runs {epochs:g} epoch{'s' if epochs != 1 else ''} at lr 1e-4, so its student "
+            f" ted: each of its 4 stages runs {epochs:g} epoch{'s' if epochs != 1 else ''} at lr {options.learning_rate:g}, so its student "
             f"backbone trains {2 * epochs:g} epochs (fine-tune, then stage II)." if any(run.recipe.startswith("ted") for run in runs) else ""))]
     if stale:
         lines.append(f"\nWARNING: {len(stale)} stored runs were made with another config than this plan's: "
@@ -485,6 +488,7 @@ def parser(doc: str, tasks: list[str], recipes: list[str], recipe_choices: list[
     p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="student epochs (key tag -e<E> if not 1)")
     p.add_argument("--max-train-samples", type=int, default=None, help="key tag -n<N>")
     p.add_argument("--max-eval-samples", type=int, default=None, help="key tag -v<N>")
+    p.add_argument("--lr", type=float, default=STUDENT_LR, help="student learning rate (key tag -lr<LR> if not 1e-4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads, training and latency (key tag -t<T>)")
     p.add_argument("--dry-run", action="store_true", help="check every config, print the plan; run nothing")
     p.add_argument("--table-only", action="store_true", help="print the table from the stored JSON; run nothing")
