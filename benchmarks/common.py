@@ -459,12 +459,12 @@ def table(runs: list[Run], title: str, options: Options = Options()) -> str:
     epochs = options.epochs
     threads_s = ", ".join(str(t) for t in sorted(t for t in threads if t is not None)) or "?"
     devices_s = ", ".join(sorted(d for d in devices if d)) or "?"
-    seeds_s = ", ".join(str(s) for s in sorted({run.seed for run in runs}))
+    seeds_s = ", ".join(str(s) for s in sorted({run.seed for run in runs if records[run.key]})) or "none"
     lines += ["", (
         f"Protocol: teacher MiniLM-L6 fine-tuned {TEACHER['epochs']} epochs at lr 5e-5 (seed 42, cached, one per "
         f"task); students {epochs:g} epoch{'s' if epochs != 1 else ''} at lr {options.learning_rate:g}, batch {BATCH_SIZE}; "
         f"max_length {lengths}" + (f"; {'; '.join(data)}" if data else "") + f". Score ×100: {score}. "
-        f"Mean ± std over seeds {seeds_s}. Speed-up: teacher / student median latency at batch 32 "
+        f"Mean ± std over the stored seeds ({seeds_s}; the seeds column says how many of the planned ones). Speed-up: teacher / student median latency at batch 32 "
         f"({BENCH['repeats']} forward passes at the median eval length, {threads_s} threads, {devices_s}), "
         f"measured in each run." + (
             f" ted: each of its 4 stages runs {epochs:g} epoch{'s' if epochs != 1 else ''} at lr {options.learning_rate:g}, so its student "
