@@ -133,9 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-eval-lines", type=int, default=None)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("--markdown", type=common.Path, default=None, metavar="FILE")
+    common.add_mode_flags(p)
     args = p.parse_args(argv)
     runs = []
     for recipe in args.recipes:
@@ -143,22 +141,7 @@ def main(argv=None) -> int:
             key = run_key(recipe, seed, args)
             runs.append(common.Run(key, "wikitext2", f"smollm2-L{LAYERS}", recipe, seed,
                                    experiment(recipe, seed, args, key)))
-    failed = []
-    if not args.table_only:
-        common.validate(runs)
-        if args.dry_run:
-            common.print_plan(runs)
-            return 0
-        failed = common.execute(runs)
-    text = table(runs, args)
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
-    if failed:
-        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return common.suite_main(args, runs, "", render=lambda: table(runs, args))
 
 
 if __name__ == "__main__":

@@ -490,14 +490,20 @@ def parser(doc: str, tasks: list[str], recipes: list[str], recipe_choices: list[
     p.add_argument("--max-eval-samples", type=int, default=None, help="key tag -v<N>")
     p.add_argument("--lr", type=float, default=STUDENT_LR, help="student learning rate (key tag -lr<LR> if not 1e-4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads, training and latency (key tag -t<T>)")
-    p.add_argument("--dry-run", action="store_true", help="check every config, print the plan; run nothing")
-    p.add_argument("--table-only", action="store_true", help="print the table from the stored JSON; run nothing")
-    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table to FILE")
+    add_mode_flags(p)
     return p
 
 
-def suite_main(args: argparse.Namespace, runs: list[Run], title: str) -> int:
-    """What every suite does once it has its plan: table only, dry run, or run what is missing."""
+def add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """--dry-run, --table-only and --markdown: what `suite_main` reads; every suite takes them."""
+    p.add_argument("--dry-run", action="store_true", help="check every config, print the plan; run nothing")
+    p.add_argument("--table-only", action="store_true", help="print the table from the stored JSON; run nothing")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table to FILE")
+
+
+def suite_main(args: argparse.Namespace, runs: list[Run], title: str, render=None) -> int:
+    """What every suite does once it has its plan: table only, dry run, or run what is missing.
+    `render()` gives the table text (default: `table` with `title`)."""
     failed = []
     if not args.table_only:
         validate(runs)
@@ -506,7 +512,7 @@ def suite_main(args: argparse.Namespace, runs: list[Run], title: str) -> int:
             return 0
         failed = execute(runs)
         print()
-    text = table(runs, title, Options.from_args(args))
+    text = render() if render else table(runs, title, Options.from_args(args))
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
