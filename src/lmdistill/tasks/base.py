@@ -38,6 +38,9 @@ class Task:
     default_max_length: int = 128
     label_keys: tuple[str, ...] = ("labels",)
     text_format: str = "text"  # what a .txt file holds for this task (token classification: conll)
+    # The teacher sees the same inputs for a training example in every epoch (the collator adds no
+    # randomness), so its outputs can be cached (lmdistill.cache). Masked LM re-masks: False.
+    static_train_inputs: bool = True
 
     def __init__(self, cfg: TaskConfig, search_dirs: list[Path] | None = None):
         self.cfg = cfg

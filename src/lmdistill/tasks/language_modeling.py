@@ -147,6 +147,10 @@ class LanguageModelingTask(Task):
     def causal(self) -> bool:
         return self.lm_type == "causal"
 
+    @property
+    def static_train_inputs(self) -> bool:  # masked LM training blocks are masked anew in every batch
+        return self.causal
+
     def auto_class(self):
         return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
 
