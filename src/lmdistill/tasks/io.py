@@ -227,8 +227,11 @@ def _csv_rows(path: Path, text: str, delimiter: str):
             start = before + 1
             if "unexpected end of data" in str(err):
                 raise DataError(f"{path}:{start}: a quoted field opened on this line is never closed") from None
-            raise DataError(f"{path}:{reader.line_num}: bad quoting ({err}); a field that starts with \" "
-                            "must end with \" and write inner quotes as \"\"") from None
+            if reader.line_num > start:  # the record ran on past its line: most likely a quote left open
+                raise DataError(f"{path}:{start}: bad quoting in the record from line {start} to line "
+                                f"{reader.line_num} ({err}); is a quote on line {start} never closed?") from None
+            raise DataError(f"{path}:{start}: bad quoting ({err}); a field that starts with \" must end with \" "
+                            "and write inner quotes as \"\"") from None
         start, before = before + 1, reader.line_num
         if len(row) > 1 or (row and row[0].strip()):  # [] or [" "]: a blank line, not a row
             rows.append((start, row))
@@ -344,8 +347,18 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _object(pairs: list[tuple]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):  # json.loads would silently keep the last of two equal keys
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return value
+
+
 def _json_loads(text: str):
-    return json.loads(text, parse_constant=_reject_constant)
+    """json.loads that refuses NaN/Infinity (not JSON) and an object with a key twice."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object)
 
 
 def _at(path: Path, place: int | str) -> str:
@@ -415,7 +428,7 @@ def read_jsonl(path: Path, text: str | None = None) -> Split:
         try:
             items = _json_loads(text)
         except ValueError as err:
-            raise DataError(f"{path}:{getattr(err, 'lineno', 1)}: not valid JSON ({_json_message(err)})") from None
+            raise DataError(_json_error(path, err)) from None
         for i, item in enumerate(items if isinstance(items, list) else [items]):
             if not isinstance(item, dict):
                 raise DataError(f"{path} (item {i + 1}): {_kind(item)}, not an object {{...}}")
@@ -442,6 +455,12 @@ def read_jsonl(path: Path, text: str | None = None) -> Split:
 
 def _json_message(err: ValueError) -> str:
     return f"{err.msg}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
+
+
+def _json_error(path: Path, err: ValueError) -> str:
+    """A whole-file JSON error: the line is known for a syntax error, not for a duplicate key or NaN."""
+    where = f"{path}:{err.lineno}" if isinstance(err, json.JSONDecodeError) else str(path)
+    return f"{where}: not valid JSON ({_json_message(err)})"
 
 
 def _not_json_lines(path: Path, text: str, line_no: int, err: ValueError) -> str:
@@ -482,7 +501,7 @@ def read_squad(path: Path, text: str | None = None) -> Split:
     try:
         payload = _json_loads(text)
     except ValueError as err:
-        raise DataError(f"{path}:{getattr(err, 'lineno', 1)}: not valid JSON ({_json_message(err)})") from None
+        raise DataError(_json_error(path, err)) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise DataError(f"{path}: SQuAD json needs a top-level object with a 'data' list of articles")
 
