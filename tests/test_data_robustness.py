@@ -512,6 +512,19 @@ def test_lm_files_with_no_text(tmp_path, caplog):
     assert any(line.startswith("1 row skipped: no text in column 'text'") for line in skip_lines(caplog))
 
 
+def test_corpus_files_read_like_data_files(tmp_path):
+    from lmdistill.tasks.corpus import read_paragraphs
+
+    text = "\n".join(head_lines(WIKITEXT, 20)) + "\n"
+    plain = read_paragraphs(Path(write(tmp_path / "plain.txt", text)))
+    assert plain and plain == read_paragraphs(Path(write(tmp_path / "bom.txt", codecs.BOM_UTF8 +
+                                                            text.replace("\n", "\r\n").encode())))
+    lines = text.encode().split(b"\n")
+    lines[6] += b"\x92"  # a Windows-1252 apostrophe
+    data_error(lambda: read_paragraphs(Path(write(tmp_path / "cp1252.txt", b"\n".join(lines)))),
+               "cp1252.txt:7: not valid UTF-8 (byte 0x92")
+
+
 # ---- the data shipped in data/ reads as before -------------------------------------------------
 def test_shipped_tsv_files_read_as_plain_tab_separated_lines():
     """SST-2 and TREC: every row is exactly the line split on tabs (no quoting, no skips)."""

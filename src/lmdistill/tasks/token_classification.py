@@ -3,7 +3,8 @@
 Data: CoNLL/IOB2 files (`token tag` per line, blank line between sentences; columns `tokens`, `tags`)
 or jsonl rows with a list-of-words column (`task.text`, default `tokens`) and a list-of-tags column
 (`task.label`, default `tags`). Tags are strings such as `B-PER`; the label set is the sorted set of
-train tags, and a tag that appears only in eval is an error.
+train tags, and a tag that appears only in eval is an error. An I-X that begins an entity (IOB1,
+or a broken IOB2 file) is read as B-X, as conlleval reads it, and counted (`repair_iob`).
 
 Words are tokenized with `is_split_into_words=True`; each word's label sits on its FIRST subword,
 the other subwords and the special tokens get -100 (ignored by the loss and the metrics).
