@@ -204,6 +204,9 @@ def test_header_problems(tmp_path):
                "dup.tsv:1: column 'sentence' appears twice in the header")
     data_error(lambda: classification(write(tmp_path / "noname.tsv", tsv_text([["sentence", ""], *rows[1:]]))),
                "noname.tsv:1: column 2 of the header has no name")
+    # A trailing delimiter on every line (a spreadsheet export): the empty unnamed column goes.
+    trailing = classification(write(tmp_path / "trailing.csv", _csv_text([[*r, ""] for r in rows])))
+    assert trailing.raw_train.to_dict() == {"sentence": [r[0] for r in rows[1:]], "label": [r[1] for r in rows[1:]]}
     data_error(lambda: classification(write(tmp_path / "header.csv", "sentence,label\n")),
                "task.train:", "header.csv has no rows (only a header line)")
 

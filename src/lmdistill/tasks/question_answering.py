@@ -28,7 +28,8 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from lmdistill.errors import DataError
 from lmdistill.tasks.base import Task, logger
-from lmdistill.tasks.io import Skips, Split, whole_number
+from lmdistill.tasks.io import Skips, Split
+from lmdistill.tasks.json_io import whole_number
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
