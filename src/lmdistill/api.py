@@ -356,6 +356,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
                   "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "stages": summaries,
+        "data": task.data_notes,  # rows skipped or repaired while reading, with counts and where
         "config": config_to_dict(config),
     }
     paths = write_report(report, output)
