@@ -331,6 +331,12 @@ def _dist():
     return None, 0, 1
 
 
+def _pass_device() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def _teacher_device(teacher) -> torch.device:
     try:
         return next(teacher.parameters()).device
@@ -484,9 +490,16 @@ def _build(teacher, forward, dataset, collator, needs, fields, entry: Path, top_
     if dist is not None:
         dist.broadcast_object_list(names, src=0)
     staging = Path(names[0])
+    home = _teacher_device(teacher)
     try:
+        # The pass runs on this process's accelerator when there is one; the teacher goes back where it
+        # was afterwards, so the training device holds only the student (the teacher may not fit there).
+        teacher.to(_pass_device())
         fill_pass(teacher, forward, dataset, collator, needs, fields, staging, top_k, dtype, batch_size, rank, world,
                   desc)
+        teacher.to(home)
+        if home.type == "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
         if dist is not None:
             dist.barrier()
         if rank == 0:
