@@ -37,8 +37,8 @@ def test_yaml_file_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("key, message", [
-    ("recipe.temprature=2", "recipe.temprature: unknown key"),
-    ("training.learnign_rate=1", "training.learnign_rate: unknown key"),
+    ("recipe.temprature=2", r"recipe.temprature: unknown key \(did you mean recipe.temperature\?\)"),
+    ("training.learnign_rate=1", r"training.learnign_rate: unknown key \(did you mean training.learning_rate\?\)"),
     ("task.colour=red", "task.colour: unknown key"),
     ("surprise=1", "surprise: unknown key"),
 ])
