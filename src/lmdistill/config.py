@@ -117,7 +117,7 @@ class TaskConfig(Strict):
     @model_validator(mode="after")
     def _pairs_only_for_classification(self):
         if isinstance(self.text, list) and len(self.text) == 2 and self.kind != "classification":
-            raise ValueError(f"text: two columns (a sentence pair) need task.kind classification, not {self.kind}")
+            raise ConfigError(f"task.text: two columns (a sentence pair) need task.kind classification, not {self.kind}")
         return self
 
 
@@ -309,6 +309,8 @@ def _message(errors: list[dict]) -> str:
 def _raise_first(err: ValidationError, root: type[BaseModel], prefix: str = "") -> None:
     """Raise one ConfigError for the first key pydantic rejected, naming its full path."""
     errors = err.errors()
+    # An unknown key first: it often explains a missing one beside it (`kindd:` for `kind:`).
+    errors.sort(key=lambda error: error["type"] != "extra_forbidden")
     located = []
     for error in errors:
         parts, _ = _key_path(root, tuple(error["loc"]), error["type"] == "extra_forbidden")
@@ -396,7 +398,7 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.line = key, line
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when present
     """PyYAML keeps the last of two equal keys; a config with a repeated section is a mistake."""
 
     def construct_mapping(self, node, deep=False):

@@ -116,7 +116,11 @@ def _check_deletable(output: Path) -> None:
     if target == cwd or target in cwd.parents or target == Path.home().resolve():
         raise ConfigError(f"output: {output} is the current folder, a folder that holds it, or your home folder; "
                           "lmdistill never deletes it: choose another output")
-    if not (output / MARKER).is_file():
+    try:
+        ours = read_marker(output) is not None
+    except ConfigError:
+        ours = False
+    if not ours:
         raise ConfigError(f"output: {output} is not empty and was not made by lmdistill; {rule}: "
                           "delete it yourself or choose another output")
 
@@ -166,8 +170,8 @@ def check_output(output: Path, resume: bool, overwrite: bool, config: dict, data
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} is a file, not a folder")
     if output.is_dir() and any(output.iterdir()):
-        marker = read_marker(output)
         if resume:
+            marker = read_marker(output)
             if marker is None:
                 raise ConfigError(f"--resume: {output} holds no {MARKER}, so it is not an lmdistill run "
                                   "(or was made by an older lmdistill); nothing to resume")
