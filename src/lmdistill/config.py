@@ -281,6 +281,8 @@ def _expectation(error: dict) -> str:
         sign, name = _BOUNDS[kind]
         limit = ctx.get(name)
         return f"must be {sign} {limit:g}" if isinstance(limit, float) else f"must be {sign} {limit}"
+    if kind == "invalid_key":
+        return "keys must be strings"
     if kind == "finite_number":
         return "must be a finite number"
     if kind == "string_too_short":
@@ -331,6 +333,8 @@ def _raise_first(err: ValidationError, root: type[BaseModel], prefix: str = "") 
         raise ConfigError(f"{path}: unknown key{hint}") from None
     if kind == "missing":
         raise ConfigError(f"{path}: required key is missing") from None
+    if error["loc"] and error["loc"][-1] == "[key]":  # a mapping key that is not a string (`1: x`)
+        raise ConfigError(f"{path}: keys must be strings (got {_shown(error.get('input'))})") from None
     message = _message([errors[i] for i in chosen])
     raise ConfigError(f"{path}: {message}" if path else message) from None
 
