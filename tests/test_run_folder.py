@@ -250,3 +250,17 @@ def test_data_too_short_for_one_block_fails_before_writing(tiny_llama_dir, tmp_p
     with pytest.raises(Exception, match="fewer than one block"):
         distill(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_output_and_cache_that_cannot_be_created(config, tiny_bert_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    config["output"] = str(blocker / "run")
+    assert cli(config, tmp_path) == 2
+    assert f"output: {blocker} is a file, so {blocker / 'run'} cannot be created" in one_error_line(capsys)
+    # The teacher without a task head is fine-tuned and cached: the cache folder is checked first.
+    config.update(output=str(tmp_path / "out"), cache_dir=str(blocker / "cache"),
+                  teacher={"path": str(tiny_bert_dir), "epochs": 1})
+    assert cli(config, tmp_path) == 2
+    assert f"cache_dir: {blocker} is a file" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()

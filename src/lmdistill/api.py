@@ -33,7 +33,14 @@ from lmdistill.models.teacher import (
 from lmdistill.recipes import RecipeContext, Stage, recipe_class
 from lmdistill.recipes.base import task_loss
 from lmdistill.report import retention, speedups, write_report
-from lmdistill.run_folder import check_output, config_hash, data_hashes, prepare_output, record_stage
+from lmdistill.run_folder import (
+    check_creatable,
+    check_output,
+    config_hash,
+    data_hashes,
+    prepare_output,
+    record_stage,
+)
 from lmdistill.tasks import Task, build_task
 from lmdistill.trainer import run_stage, training_arguments, world_size
 
@@ -240,6 +247,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     task.eval_dataset(student_tokenizer, student.config)
     check_training_arguments(config, recipe.stages(), needs_finetune, output)
     check_bench_length(config, {"teacher": teacher, "student": student})
+    if needs_finetune:
+        check_creatable(cache_dir, "cache_dir")  # the fine-tuned teacher is stored there
 
     # 2. The run starts: the output folder gets its marker and config.json (an old run folder is
     #    deleted first on --overwrite). Then the teacher gets a trained task head (fine-tuned once,

@@ -125,14 +125,16 @@ def _check_deletable(output: Path) -> None:
                           "delete it yourself or choose another output")
 
 
-def _check_creatable(output: Path) -> None:
-    existing = output.absolute()
+def check_creatable(folder: Path, key: str) -> None:
+    """`folder` exists and is writable, or can be created (its nearest existing parent is writable)."""
+    existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"output: {existing} is a file, so {output} cannot be created")
+        raise ConfigError(f"{key}: {existing} is a file, so {folder} cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output: {existing} is not writable, so {output} cannot be created")
+        raise ConfigError(f"{key}: {existing} is not writable" + (
+            f", so {folder} cannot be created" if existing != folder.absolute() else ""))
 
 
 def _check_resume(output: Path, marker: dict, config: dict, data: dict[str, str]) -> None:
@@ -181,7 +183,7 @@ def check_output(output: Path, resume: bool, overwrite: bool, config: dict, data
             raise ConfigError(f"output: {output} already exists; pass --resume to continue it, or --overwrite")
         _check_deletable(output)
     else:
-        _check_creatable(output)
+        check_creatable(output, "output")
     return None
 
 
