@@ -262,5 +262,5 @@ def test_output_and_cache_that_cannot_be_created(config, tiny_bert_dir, tmp_path
     config.update(output=str(tmp_path / "out"), cache_dir=str(blocker / "cache"),
                   teacher={"path": str(tiny_bert_dir), "epochs": 1})
     assert cli(config, tmp_path) == 2
-    assert f"cache_dir: {blocker} is a file" in one_error_line(capsys)
+    assert f"cache_dir: {blocker / 'cache'} is not writable" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from lmdistill import __version__, bench
+from lmdistill import cache as teacher_cache
 from lmdistill.config import ExperimentConfig, config_to_dict, load_config
 from lmdistill.errors import ConfigError
 from lmdistill.io_utils import atomic_dir, hash_files, hash_json
@@ -34,7 +36,6 @@ from lmdistill.recipes import RecipeContext, Stage, recipe_class
 from lmdistill.recipes.base import task_loss
 from lmdistill.report import retention, speedups, write_report
 from lmdistill.run_folder import (
-    check_creatable,
     check_output,
     config_hash,
     data_hashes,
@@ -42,7 +43,7 @@ from lmdistill.run_folder import (
     record_stage,
 )
 from lmdistill.tasks import Task, build_task
-from lmdistill.trainer import run_stage, training_arguments, world_size
+from lmdistill.trainer import run_stage, stage_is_done, training_arguments, world_size
 
 logger = logging.getLogger("lmdistill")
 
@@ -203,6 +204,25 @@ def _batch_maker(task: Task, tokenizer, model):
     return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
 
+def stage_teacher_outputs(stage: Stage, teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
+                          cache_dir: Path):
+    """The teacher-output cache reader of a stage (built or extended first when needed), or None when
+    the cache is off (`training.cache_teacher: false`) or the stage cannot use it (the teacher runs live)."""
+    if not config.training.cache_teacher or not stage.uses_teacher:
+        return None
+    if stage.data is not None:
+        dataset, stage_collator, static = stage.data.dataset, stage.data.collator, stage.data.static
+    else:
+        dataset, stage_collator, static = train_dataset, collator, task.static_train_inputs
+    if not static:
+        logger.info("stage %s: the teacher runs live (its inputs change every epoch)", stage.name)
+        return None
+    stage_teacher = stage.teacher if stage.teacher is not None else teacher
+    train = config.training
+    return teacher_cache.prepare(stage, stage_teacher, dataset, stage_collator, cache_dir, train.cache_top_k,
+                                 train.cache_dtype, train.eval_batch_size)
+
+
 def recipe_context(config: ExperimentConfig, task: Task, teacher, student, tokenizer, source: str) -> RecipeContext:
     """What a recipe sees; the pretrained teacher (before task fine-tuning) is loaded only if asked for."""
     loaded = {}
@@ -216,9 +236,46 @@ def recipe_context(config: ExperimentConfig, task: Task, teacher, student, token
                          load_pretrained_teacher=load_pretrained_teacher, pretrained_teacher_id=f"pretrained:{source}")
 
 
+def check_cache_settings(config: ExperimentConfig, teacher, cache_dir: Path) -> None:
+    """The cache folder is writable and top-k fits the teacher's vocabulary, before anything is written."""
+    vocab = getattr(teacher.config, "vocab_size", None)
+    if config.training.cache_teacher and vocab and config.training.cache_top_k > vocab:
+        raise ConfigError(f"training.cache_top_k: {config.training.cache_top_k} is larger than the teacher's "
+                          f"vocabulary ({vocab} tokens)")
+    folder = cache_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:  # a real write, not os.access: root passes permission bits, and a file system may be read-only
+        if not folder.is_dir():
+            raise NotADirectoryError(folder)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        key = "cache_dir" if config.cache_dir else "cache_dir (default $LMDISTILL_CACHE or ~/.cache/lmdistill)"
+        raise ConfigError(f"{key}: {cache_dir} is not writable (set cache_dir to a folder you can write)") from None
+
+
+def fill_stage_caches(recipe, teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
+                      cache_dir: Path) -> list[dict]:
+    """`lmdistill cache`: build the teacher-output cache of every stage that reads the teacher; train nothing."""
+    infos = []
+    for stage in recipe.stages():
+        outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
+        if stage.uses_teacher:
+            infos.append({"stage": stage.name, **(outputs.info.as_dict() if outputs else {"status": "live"})})
+    return infos
+
+
+def fill_cache(config: ExperimentConfig | str | Path | dict, overrides: list[str] | None = None) -> list[dict]:
+    """Fill the teacher-output cache for a config without training (`lmdistill cache CONFIG`); writes
+    only under `cache_dir` (the fine-tuned teacher, if needed, and the outputs). Under torchrun each
+    process computes its share of the rows."""
+    return distill(config, overrides=overrides, cache_only=True).report["teacher_cache"]
+
+
 def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
-            overrides: list[str] | None = None) -> Result:
-    """Run one experiment end to end. Returns the report and the output paths."""
+            overrides: list[str] | None = None, cache_only: bool = False) -> Result:
+    """Run one experiment end to end. Returns the report and the output paths. With `cache_only`,
+    stop once the teacher-output cache of every stage is filled (see `fill_cache`)."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     output = Path(config.output)
@@ -228,11 +285,13 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         from accelerate import PartialState
 
         PartialState()
-    from lmdistill.tasks.io import resolve_path
-
+    previous = None
     full_config = config_to_dict(config)
-    data = data_hashes(config, lambda source: resolve_path(source, config.search_dirs))
-    previous = check_output(output, resume, overwrite, full_config, data)  # --resume: config and data unchanged
+    if not cache_only:
+        from lmdistill.tasks.io import resolve_path
+
+        data = data_hashes(config, lambda source: resolve_path(source, config.search_dirs))
+        previous = check_output(output, resume, overwrite, full_config, data)  # --resume: same config and data
     barrier()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
@@ -252,25 +311,26 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
+    check_cache_settings(config, teacher, cache_dir)
     # Tokenized once here (and cached by the task): a data error is raised now, not after training.
     train_dataset = task.train_dataset(student_tokenizer, student.config)
     if needs_finetune:
         task.train_dataset(tokenizer, teacher.config)
-    task.eval_dataset(tokenizer, teacher.config)
-    task.eval_dataset(student_tokenizer, student.config)
+    if not cache_only:
+        task.eval_dataset(tokenizer, teacher.config)
+        task.eval_dataset(student_tokenizer, student.config)
     check_training_arguments(config, recipe.stages(), needs_finetune, output)
     check_bench_length(config, {"teacher": teacher, "student": student})
-    if needs_finetune:
-        check_creatable(cache_dir, "cache_dir")  # the fine-tuned teacher is stored there
 
     # 2. The run starts: the output folder gets its marker and config.json (an old run folder is
     #    deleted first on --overwrite). Then the teacher gets a trained task head (fine-tuned once,
     #    then cached), and is frozen.
     run_record = None
-    if is_main_process():
-        run_record = prepare_output(output, overwrite, full_config, data, previous, __version__)
-    barrier()
-    output.mkdir(parents=True, exist_ok=True)
+    if not cache_only:
+        if is_main_process():
+            run_record = prepare_output(output, overwrite, full_config, data, previous, __version__)
+        barrier()
+        output.mkdir(parents=True, exist_ok=True)
     teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
     if needs_finetune:
         set_seed(config.teacher.seed)
@@ -288,14 +348,23 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
     collator = task.collator(student_tokenizer)
+    if cache_only:
+        return Result({"teacher_cache": fill_stage_caches(recipe, teacher, train_dataset, collator, task, config,
+                                                          cache_dir)}, output, output / "student", {})
     summaries = []
     stage_hash = config_hash(full_config)
     for index, stage in enumerate(recipe.stages(), start=1):
         if is_main_process():  # the folder name is run_stage's
             record_stage(output / "stages" / f"{index:02d}-{stage.name}", stage.name, stage_hash)
         net = student if stage.net == "student" else teacher
-        summaries.append(run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset,
-                                   collator, config, output / "stages", task.label_keys, resume))
+        outputs = None
+        if recipe.needs_teacher and not stage_is_done(output / "stages", index, stage):
+            outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
+        summary = run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset, collator,
+                            config, output / "stages", task.label_keys, resume, teacher_outputs=outputs)
+        if outputs is not None:
+            summary["teacher_cache"] = outputs.info.as_dict()
+        summaries.append(summary)
         if stage.net == "teacher":
             freeze(teacher)
 
@@ -333,6 +402,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
                   "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "stages": summaries,
+        "data": task.data_notes,  # rows skipped or repaired while reading, with counts and where
         "config": full_config,  # a --resume may have changed only the keys run_folder.RESUME_MAY_CHANGE names
         "config_hash": stage_hash,
         "runs": run_record["runs"],  # when the run started and each resume, with the keys it changed

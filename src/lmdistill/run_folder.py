@@ -22,8 +22,8 @@ Nothing here writes before `prepare_output`, which the pipeline calls after ever
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -128,13 +128,15 @@ def _check_deletable(output: Path) -> None:
 def check_creatable(folder: Path, key: str) -> None:
     """`folder` exists and is writable, or can be created (its nearest existing parent is writable)."""
     existing = folder.absolute()
-    while not existing.exists():
+    while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{key}: {existing} is a file, so {folder} cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a real write, not os.access: root passes permission bits, and a file system may be read-only
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
         raise ConfigError(f"{key}: {existing} is not writable" + (
-            f", so {folder} cannot be created" if existing != folder.absolute() else ""))
+            f", so {folder} cannot be created" if existing != folder.absolute() else "")) from None
 
 
 def _check_resume(output: Path, marker: dict, config: dict, data: dict[str, str]) -> None:
