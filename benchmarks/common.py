@@ -344,15 +344,19 @@ def run_one(run: Run) -> dict:
     _import_lmdistill()
     from lmdistill.api import distill
     from lmdistill.config import config_to_dict, load_config
+    from lmdistill.run_folder import MARKER
 
     output = Path(run.config["output"])
     config = load_config(run.config)
     try:  # a killed run with the same config continues from its checkpoints; anything else starts over
         same = json.loads((output / "config.json").read_text()) == config_to_dict(config)
+        same = same and (output / MARKER).is_file()  # folders of older lmdistill versions cannot resume
     except (OSError, json.JSONDecodeError):
         same = False
+    if not same:
+        shutil.rmtree(output, ignore_errors=True)  # runs/bench/<key> is this harness's own folder
     start = time.time()
-    result = distill(config, resume=same, overwrite=not same)
+    result = distill(config, resume=same)
     record = {"key": run.key, "wall_s": round(time.time() - start, 1), "config": run.config, "report": result.report}
     RUNS.mkdir(parents=True, exist_ok=True)
     tmp = run.path.with_name(f".tmp-{run.path.name}")

@@ -18,11 +18,11 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from lmdistill import bench
+from lmdistill import __version__, bench
 from lmdistill import cache as teacher_cache
 from lmdistill.config import ExperimentConfig, config_to_dict, load_config
 from lmdistill.errors import ConfigError
-from lmdistill.io_utils import atomic_dir, atomic_write_json, hash_files, hash_json
+from lmdistill.io_utils import atomic_dir, hash_files, hash_json
 from lmdistill.models.students import build_student
 from lmdistill.models.teacher import (
     default_cache_dir,
@@ -35,8 +35,15 @@ from lmdistill.models.teacher import (
 from lmdistill.recipes import RecipeContext, Stage, recipe_class
 from lmdistill.recipes.base import task_loss
 from lmdistill.report import retention, speedups, write_report
+from lmdistill.run_folder import (
+    check_output,
+    config_hash,
+    data_hashes,
+    prepare_output,
+    record_stage,
+)
 from lmdistill.tasks import Task, build_task
-from lmdistill.trainer import run_stage, stage_is_done, world_size
+from lmdistill.trainer import run_stage, stage_is_done, training_arguments, world_size
 
 logger = logging.getLogger("lmdistill")
 
@@ -141,16 +148,34 @@ def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
         )
 
 
-def check_output(output: Path, resume: bool, overwrite: bool) -> None:
-    if output.exists() and any(output.iterdir()) and not (resume or overwrite):
-        raise ConfigError(f"output: {output} already exists; pass --resume to continue it, or --overwrite")
+def check_training_arguments(config: ExperimentConfig, stages: list[Stage], teacher_finetune: bool,
+                             output: Path) -> None:
+    """Build every stage's TrainingArguments now (this writes nothing), so that a setting transformers
+    rejects stops the run before the output folder exists, not after the teacher's fine-tuning."""
+    runs = [(stage, {}) for stage in stages]
+    if teacher_finetune:
+        runs.insert(0, (Stage("teacher-finetune", task_loss), dict(
+            batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
+            learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed)))
+    for stage, overrides in runs:
+        try:
+            training_arguments(config, stage, output / "stages" / stage.name, **overrides)
+        except ValueError as err:
+            raise ConfigError(f"training: transformers rejects the settings of stage '{stage.name}': "
+                              f"{str(err).strip().splitlines()[0]}") from None
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    if overwrite and not resume and output.exists() and is_main_process():
-        shutil.rmtree(output)
-    barrier()
-    output.mkdir(parents=True, exist_ok=True)
+def check_bench_length(config: ExperimentConfig, models: dict) -> None:
+    """bench.seq_len must fit every measured model's position embeddings (models: {role: model})."""
+    seq_len = config.bench.seq_len
+    if not (config.bench.enabled and seq_len):
+        return
+    for role, model in models.items():
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and "roberta" in str(getattr(model.config, "model_type", "")):
+            positions -= int(getattr(model.config, "pad_token_id", 0) or 0) + 1  # as Task.max_length
+        if positions and seq_len > positions:
+            raise ConfigError(f"bench.seq_len: {seq_len} tokens is more than the {role}'s {positions} positions")
 
 
 def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq_len: int, threads: int) -> dict:
@@ -260,8 +285,13 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         from accelerate import PartialState
 
         PartialState()
+    previous = None
+    full_config = config_to_dict(config)
     if not cache_only:
-        check_output(output, resume, overwrite)
+        from lmdistill.tasks.io import resolve_path
+
+        data = data_hashes(config, lambda source: resolve_path(source, config.search_dirs))
+        previous = check_output(output, resume, overwrite, full_config, data)  # --resume: same config and data
     barrier()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
@@ -269,7 +299,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     set_seed(config.training.seed)
 
     # 1. Everything that can be checked is checked before anything is written or trained:
-    #    data, teacher, student, and the recipe (layer maps, widths, filter counts, vocabularies).
+    #    data, teacher, student, the recipe (layer maps, widths, filter counts, vocabularies),
+    #    tokenization, every stage's training arguments and the benchmark's sequence length.
     task = build_task(config.task, config.search_dirs)
     rcls = recipe_class(config.recipe.name)
     needs_attentions = getattr(rcls, "needs_attentions", False)
@@ -281,10 +312,25 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
     check_cache_settings(config, teacher, cache_dir)
-
-    # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
+    # Tokenized once here (and cached by the task): a data error is raised now, not after training.
+    train_dataset = task.train_dataset(student_tokenizer, student.config)
+    if needs_finetune:
+        task.train_dataset(tokenizer, teacher.config)
     if not cache_only:
-        prepare_output(output, resume, overwrite)
+        task.eval_dataset(tokenizer, teacher.config)
+        task.eval_dataset(student_tokenizer, student.config)
+    check_training_arguments(config, recipe.stages(), needs_finetune, output)
+    check_bench_length(config, {"teacher": teacher, "student": student})
+
+    # 2. The run starts: the output folder gets its marker and config.json (an old run folder is
+    #    deleted first on --overwrite). Then the teacher gets a trained task head (fine-tuned once,
+    #    then cached), and is frozen.
+    run_record = None
+    if not cache_only:
+        if is_main_process():
+            run_record = prepare_output(output, overwrite, full_config, data, previous, __version__)
+        barrier()
+        output.mkdir(parents=True, exist_ok=True)
     teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
     if needs_finetune:
         set_seed(config.teacher.seed)
@@ -301,15 +347,15 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
-    train_dataset = task.train_dataset(student_tokenizer, student.config)
     collator = task.collator(student_tokenizer)
     if cache_only:
         return Result({"teacher_cache": fill_stage_caches(recipe, teacher, train_dataset, collator, task, config,
                                                           cache_dir)}, output, output / "student", {})
-    if is_main_process():
-        atomic_write_json(output / "config.json", config_to_dict(config))
     summaries = []
+    stage_hash = config_hash(full_config)
     for index, stage in enumerate(recipe.stages(), start=1):
+        if is_main_process():  # the folder name is run_stage's
+            record_stage(output / "stages" / f"{index:02d}-{stage.name}", stage.name, stage_hash)
         net = student if stage.net == "student" else teacher
         outputs = None
         if recipe.needs_teacher and not stage_is_done(output / "stages", index, stage):
@@ -357,7 +403,9 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
                   "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "stages": summaries,
         "data": task.data_notes,  # rows skipped or repaired while reading, with counts and where
-        "config": config_to_dict(config),
+        "config": full_config,  # a --resume may have changed only the keys run_folder.RESUME_MAY_CHANGE names
+        "config_hash": stage_hash,
+        "runs": run_record["runs"],  # when the run started and each resume, with the keys it changed
     }
     paths = write_report(report, output)
     return Result(report, output, student_dir, paths)
@@ -372,6 +420,7 @@ def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
     if missing:
         raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")
     model.eval()
+    check_bench_length(config, {"model": model})
     threads = config.bench.num_threads or torch.get_num_threads()
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
     entry = evaluate_and_measure({"model": (model, model_path, tokenizer)}, task, config, seq_len, threads)["model"]

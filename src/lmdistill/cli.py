@@ -40,9 +40,12 @@ def _print_result(result) -> None:
 
 
 def cmd_run(args) -> None:
+    from lmdistill.config import load_config
+
+    config = load_config(args.config, args.set)  # a config error stops here, before the heavy imports
     from lmdistill.api import distill
 
-    result = distill(args.config, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
+    result = distill(config, resume=args.resume, overwrite=args.overwrite)
     if result.report:
         _print_result(result)
 

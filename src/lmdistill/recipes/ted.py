@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from lmdistill.config import RecipeConfig
+from lmdistill.config import Float, Int, RecipeConfig
 from lmdistill.errors import ConfigError
 from lmdistill.losses import masked_mse
 from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd, task_loss
@@ -82,22 +82,22 @@ KINDS = ("classification", "token-classification", "question-answering")
 
 
 class TEDSettings(RecipeConfig):
-    teacher_filter_interval: int | None = Field(None, ge=1)  # None: the one giving the student's filter count
-    student_filter_interval: int = Field(1, ge=1)
+    teacher_filter_interval: Int | None = Field(None, ge=1)  # None: the one giving the student's filter count
+    student_filter_interval: Int = Field(1, ge=1)
     filter_nonlinear: bool = False  # Linear(h, h), activation, Linear(h, d_f) instead of Linear(h, d_f)
-    alpha_kl: float = Field(20.0, ge=0)  # weight of T^2 * KL(teacher || student) on the logits
-    alpha_mse: float = Field(10.0, ge=0)  # weight of the filtered-state MSE (provisional, see the docstring)
-    temperature: float = Field(2.0, gt=0)
+    alpha_kl: Float = Field(20.0, ge=0)  # weight of T^2 * KL(teacher || student) on the logits
+    alpha_mse: Float = Field(10.0, ge=0)  # weight of the filtered-state MSE (provisional, see the docstring)
+    temperature: Float = Field(2.0, gt=0)
     mask_padding: bool = True  # False: the MSE averages over padding too, as the official code
     # Per-stage learning rates and epochs; None: training.learning_rate / training.epochs.
-    stage1_teacher_lr: float | None = Field(None, gt=0)
-    stage1_teacher_epochs: float | None = Field(None, gt=0)
-    student_finetune_lr: float | None = Field(None, gt=0)
-    student_finetune_epochs: float | None = Field(None, gt=0)
-    stage1_student_lr: float | None = Field(None, gt=0)
-    stage1_student_epochs: float | None = Field(None, gt=0)
-    stage2_lr: float | None = Field(None, gt=0)
-    stage2_epochs: float | None = Field(None, gt=0)
+    stage1_teacher_lr: Float | None = Field(None, gt=0, le=1)
+    stage1_teacher_epochs: Float | None = Field(None, gt=0)
+    student_finetune_lr: Float | None = Field(None, gt=0, le=1)
+    student_finetune_epochs: Float | None = Field(None, gt=0)
+    stage1_student_lr: Float | None = Field(None, gt=0, le=1)
+    stage1_student_epochs: Float | None = Field(None, gt=0)
+    stage2_lr: Float | None = Field(None, gt=0, le=1)
+    stage2_epochs: Float | None = Field(None, gt=0)
 
 
 def filter_positions(num_layers: int, interval: int) -> list[int]:
