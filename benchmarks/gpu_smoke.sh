@@ -45,7 +45,7 @@ declare -a SUMMARY=()
 trap 'status=$?; echo; echo "gpu_smoke: FAILED at step: $STEP (exit $status)" >&2; exit $status' ERR
 
 step() { STEP="$1"; echo; echo "==== gpu_smoke: $1"; STEP_START=$(date +%s); }
-done_step() { SUMMARY+=("$(printf '%-34s ok  %5ss  %s' "$STEP" $(( $(date +%s) - STEP_START )) "${1:-}")"); }
+done_step() { SUMMARY+=("$(printf '%-38s ok  %5ss  %s' "$STEP" $(( $(date +%s) - STEP_START )) "${1:-}")"); }
 
 step "install"
 if [[ $INSTALL == 1 ]]; then
@@ -78,7 +78,7 @@ LMDISTILL=("$PYTHON" -m lmdistill.cli)
 
 step "demo on CUDA ($STEPS steps)"
 "${LMDISTILL[@]}" demo --output "$OUT/demo" --set "training.max_steps=$STEPS" ${SETS[@]+"${SETS[@]}"} | tee "$OUT/demo.txt"
-"$PYTHON" - "$OUT/demo/report.json" <<'EOF'
+"$PYTHON" - "$OUT/demo/report.json" <<'EOF' | tee "$OUT/check.txt"
 import json, math, sys
 report = json.load(open(sys.argv[1]))
 problems = []
@@ -99,32 +99,34 @@ print(f"teacher {report['teacher']['score']:.4f} / student {report['student']['s
       f"{report['teacher']['metric']}, peak memory {report['teacher']['peak_mem_mb']} / "
       f"{report['student']['peak_mem_mb']} MiB, speed-up {report['speedup']}")
 EOF
-done_step "$(tail -n 1 "$OUT/demo.txt" | cut -c1-80)"
+done_step "$(cat "$OUT/check.txt")"
 
 step "eval the student on CUDA"
 "${LMDISTILL[@]}" eval "$OUT/demo/student" --config configs/demo.yaml ${SETS[@]+"${SETS[@]}"} > "$OUT/eval.json"
-"$PYTHON" - "$OUT/eval.json" "$OUT/demo/report.json" <<'EOF'
+"$PYTHON" - "$OUT/eval.json" "$OUT/demo/report.json" <<'EOF' | tee "$OUT/check.txt"
 import json, sys
 entry, report = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 if not entry["device"].startswith("cuda"):
     sys.exit(f"gpu_smoke: eval measured on {entry['device']!r}, not CUDA")
 if abs(entry["score"] - report["student"]["score"]) > 1e-6:
     sys.exit(f"gpu_smoke: eval scored {entry['score']}, the run's report {report['student']['score']}")
-print(f"{entry['metric']} {entry['score']:.4f}, latency {entry['latency_ms']} ms")
+print(f"{entry['metric']} {entry['score']:.4f} on {entry['device']}, latency {entry['latency_ms']} ms")
 EOF
-done_step "$(python3 -c "import json; e=json.load(open('$OUT/eval.json')); print(e['metric'], round(e['score'], 4), e['latency_ms'])")"
+done_step "$(cat "$OUT/check.txt")"
 
 step "export to ONNX + eval --compare-onnx"
 "${LMDISTILL[@]}" export "$OUT/demo/student" --out "$OUT/onnx"
 "${LMDISTILL[@]}" eval "$OUT/demo/student" --config configs/demo.yaml ${SETS[@]+"${SETS[@]}"} \
   --compare-onnx "$OUT/onnx" > "$OUT/compare.json"
-"$PYTHON" - "$OUT/compare.json" <<'EOF'
+"$PYTHON" - "$OUT/compare.json" <<'EOF' | tee "$OUT/check.txt"
 import json, sys
 both = json.load(open(sys.argv[1]))
-if abs(both["pytorch"]["score"] - both["onnx"]["score"]) > 0.005:
-    sys.exit(f"gpu_smoke: ONNX scores {both['onnx']['score']} but PyTorch {both['pytorch']['score']}")
+pytorch, onnx = both["pytorch"], both["onnx"]
+if abs(pytorch["score"] - onnx["score"]) > 0.005:
+    sys.exit(f"gpu_smoke: ONNX scores {onnx['score']} but PyTorch {pytorch['score']}")
+print(f"pytorch ({pytorch['device']}) {pytorch['latency_ms']} ms | onnx ({onnx['device']}) {onnx['latency_ms']} ms")
 EOF
-done_step "$(python3 -c "import json; b=json.load(open('$OUT/compare.json')); print('pytorch', b['pytorch']['device'], b['pytorch']['latency_ms'], '| onnx cpu', b['onnx']['latency_ms'])")"
+done_step "$(cat "$OUT/check.txt")"
 
 if [[ $TESTS == 1 ]]; then
   step "test suite with the GPU visible"

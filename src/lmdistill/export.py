@@ -181,8 +181,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantize: str | None = N
         raise ConfigError(f"MODEL: cannot load {model_dir} as {auto_name}: {str(err).splitlines()[0]}") from None
     input_names = input_names_of(model, tokenizer)
 
-    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO logs are one line per graph pass
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Their INFO logs are one line per graph pass; torch.onnx warns that torchvision's ops are absent.
+    for name, level in (("onnx_ir", logging.WARNING), ("onnxscript", logging.WARNING), ("torch.onnx", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
     with atomic_dir(out) as tmp:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
