@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import shutil
 import types
 import warnings
@@ -121,6 +122,16 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
                           "refusing to overwrite it, choose another --out")
 
 
+def _shareable(folder: Path) -> None:
+    """Temporary files and folders are created private (0600/0700); a deployment folder is read by
+    others, so it gets the modes a plain mkdir / open would have given (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
 class _Positional(torch.nn.Module):
     """The HF model as a function of positional tensors returning a tuple (what the exporter wants)."""
 
@@ -194,6 +205,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantize: str | None = N
         info.update({"made_by": "lmdistill export", "source": str(model_dir.resolve()), "auto_class": auto_name,
                      "format": fmt, "quantize": quantize, "params": count_parameters(model)})
         atomic_write_json(tmp / MARKER, info)
+        _shareable(tmp)
     _log_check(info)
     return info
 
@@ -237,15 +249,33 @@ def _export(model, tokenizer, input_names, output_names, folder: Path) -> dict:
 
 
 def _quantize_int8(path: Path) -> dict:
-    """onnxruntime dynamic quantization in place: int8 weights (per tensor, signed) for MatMul/Gemm."""
+    """onnxruntime dynamic quantization in place: int8 weights (per tensor, signed), activations
+    quantized per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = path.with_name("model.fp32.onnx")
     path.rename(fp32)
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    # onnxruntime advises its pre-processing (shape inference + graph optimisation) first; on the
+    # MiniLM export its symbolic shape inference fails, and the rest of it (skip_symbolic_shape)
+    # made the int8 model no faster there.
+    advice = _DropMessage("Please consider to run pre-processing")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().removeFilter(advice)
     fp32.unlink()
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-            "ops": ["MatMul", "Gemm", "Gather (embeddings) when supported"]}
+            "per_channel": False, "op_types": "onnxruntime's defaults (MatMul and Gather weights among them)"}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def verify(folder: Path, model, tokenizer) -> dict:
