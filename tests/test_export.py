@@ -200,6 +200,18 @@ def test_export_of_a_model_without_a_task_head(tiny_bert_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_export_of_a_head_whose_weights_are_missing(tiny_bert_dir, tmp_path, capsys):
+    """A config that names a classifier over weights without one: transformers would make a random head."""
+    folder = tmp_path / "headless"
+    shutil.copytree(tiny_bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert_user_error(["export", str(folder), "--out", str(tmp_path / "out")], capsys,
+                      ["MODEL", "lacks", "classifier"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_format_and_quantization(tiny_classifier_dir, tmp_path, capsys):
     assert_user_error(["export", str(tiny_classifier_dir), "--out", str(tmp_path / "out"), "--format", "tflite"],
                       capsys, ["--format", "tflite", "onnx"])

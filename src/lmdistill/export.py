@@ -187,9 +187,15 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantize: str | None = N
     auto_name, output_names = _head_of(config)
     tokenizer = load_tokenizer(str(model_dir), "MODEL")
     try:
-        model = getattr(transformers, auto_name).from_pretrained(model_dir, dtype=torch.float32).eval()
+        model, loading = getattr(transformers, auto_name).from_pretrained(model_dir, dtype=torch.float32,
+                                                                           output_loading_info=True)
     except (OSError, ValueError) as err:
         raise ConfigError(f"MODEL: cannot load {model_dir} as {auto_name}: {str(err).splitlines()[0]}") from None
+    missing = list(loading.get("missing_keys", []))
+    if missing:  # transformers would fill them with random values: an export of an untrained head
+        raise ConfigError(f"MODEL: {model_dir} lacks {len(missing)} weights of its {auto_name} head "
+                          f"(e.g. {missing[0]}); export a trained model folder")
+    model.eval()
     input_names = input_names_of(model, tokenizer)
 
     # Their INFO logs are one line per graph pass; torch.onnx warns that torchvision's ops are absent.
