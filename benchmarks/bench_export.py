@@ -7,7 +7,8 @@ Because the head is random, the task accuracy means nothing here; what is report
 often each ONNX model predicts the class PyTorch predicts, and the largest logit difference, over
 all 872 SST-2 dev sentences.
 
-    .venv/bin/python benchmarks/bench_export.py            # ~5 min on 2 cores; writes results/export-sst2.json
+    .venv/bin/python benchmarks/bench_export.py            # ~5 min on 2 cores; writes results/export-sst2.{json,md}
+    .venv/bin/python benchmarks/bench_export.py --table-only   # the table from the stored JSON
 
 Measurement: `lmdistill.bench.compare_latency` (the code `run` and `eval` use): the three models
 alternate within each of R rounds on the same real inputs (SST-2 dev sentences cut or extended to
@@ -65,7 +66,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eval-samples", type=int, default=None, help="fewer dev sentences (a quick check)")
     parser.add_argument("--out", default=str(RESULTS / "export-sst2.json"))
+    parser.add_argument("--markdown", default=str(RESULTS / "export-sst2.md"), help="also write the table here")
+    parser.add_argument("--table-only", action="store_true", help="print the table of --out; run nothing")
     args = parser.parse_args()
+    if args.table_only:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -118,6 +124,7 @@ def main() -> None:
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.markdown).write_text(table(result) + "\n")
     print(table(result))
 
 
