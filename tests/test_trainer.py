@@ -94,7 +94,8 @@ def test_torchrun_two_processes_matches_one(tiny_classifier_dir, tmp_path):
         path.write_text(json.dumps(config))
         return path
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    # The gloo-on-CPU path, also on a GPU machine (two ranks on one GPU is not a NCCL setup).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests"), "CUDA_VISIBLE_DEVICES": ""}
     worker = str(REPO / "tests" / "ddp_worker.py")
     subprocess.run([sys.executable, worker, str(config_for("single"))], check=True, env=env, timeout=600)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -179,16 +179,26 @@ def check_bench_length(config: ExperimentConfig, models: dict) -> None:
 
 
 def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq_len: int, threads: int) -> dict:
-    """Score and measure models the same way. models: {role: (model, folder, tokenizer)}.
-    Latency is measured side by side (bench.compare_latency), the rest per model."""
+    """Score and measure models the same way. models: {role: (model, folder, tokenizer)}; a model is
+    a PyTorch module (moved to `bench.measurement_device()`: the GPU when there is one) or an
+    `export.OnnxModel` (onnxruntime on the CPU). Latency is measured side by side
+    (bench.compare_latency), the rest per model; peak memory in a fresh process per model."""
+    device = bench.measurement_device()
+    for model, _, _ in models.values():
+        if isinstance(model, torch.nn.Module):
+            model.to(device).eval()
+    bench.release_memory()  # e.g. the optimizer state of the last stage
     entries = {}
     for role, (model, folder, tokenizer) in models.items():
         scores = task.evaluate(model, tokenizer, config.training.eval_batch_size, desc=f"eval {role}")
+        onnx = not isinstance(model, torch.nn.Module)
         entry = {"metric": scores["metric"], "score": scores["score"], "metrics": scores,
-                 "params": bench.count_parameters(model), "latency_ms": {}, "peak_mem_mb": None}
+                 "params": bench.count_parameters(model), "latency_ms": {}, "peak_mem_mb": None,
+                 "device": str(bench.model_device(model)), "runtime": _runtime(onnx)}
         if config.bench.enabled:
-            entry.update(bench.static_figures(model, folder, task.auto_class(), _batch_maker(task, tokenizer, model),
-                                              config.bench.batch_sizes, seq_len, threads, config.bench.memory))
+            entry.update(bench.static_figures(model, folder, "onnx" if onnx else task.auto_class(),
+                                              _batch_maker(task, tokenizer, model), config.bench.batch_sizes,
+                                              seq_len, threads, config.bench.memory))
         entries[role] = entry
     if config.bench.enabled:
         latency = bench.compare_latency(
@@ -198,6 +208,14 @@ def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq
         for role in models:
             entries[role]["latency_ms"] = latency[role]
     return entries
+
+
+def _runtime(onnx: bool) -> str:
+    if onnx:
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+    return f"pytorch {torch.__version__}"
 
 
 def _batch_maker(task: Task, tokenizer, model):
@@ -400,7 +418,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "student_description": description,
         "teacher_info": teacher_info,
         "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
-                  "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+                  "repeats": config.bench.repeats, "rounds": config.bench.rounds,
+                  "device": student_entry["device"]},
         "stages": summaries,
         "data": task.data_notes,  # rows skipped or repaired while reading, with counts and where
         "config": full_config,  # a --resume may have changed only the keys run_folder.RESUME_MAY_CHANGE names
@@ -411,18 +430,67 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     return Result(report, output, student_dir, paths)
 
 
-def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
-    """`lmdistill eval`: score and measure one saved model on the config's task."""
-    task = build_task(config.task, config.search_dirs)
-    tokenizer = load_tokenizer(model_path, "MODEL")
+def _load_for_eval(model_path: str, task: Task, key: str):
+    """A saved HF model folder, as the task's head, on the CPU; (model, tokenizer)."""
+    tokenizer = load_tokenizer(model_path, key)
     task.bind(load_config_of(model_path))
-    model, missing = load_model(task.auto_class(), model_path, {}, key="MODEL")
+    model, missing = load_model(task.auto_class(), model_path, {}, key=key)
     if missing:
-        raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")
-    model.eval()
-    check_bench_length(config, {"model": model})
+        raise ConfigError(f"{key}: {model_path} has no trained head for this task ({len(missing)} weights missing)")
+    return model.eval(), tokenizer
+
+
+def _load_onnx_for_eval(folder: str, task: Task, threads: int, key: str):
+    """An `lmdistill export` folder run by onnxruntime; (OnnxModel, tokenizer). Checks that its
+    head is the task's."""
+    from lmdistill.export import OnnxModel, check_onnx_dependencies
+
+    check_onnx_dependencies(key)
+    tokenizer = load_tokenizer(folder, key)
+    model = OnnxModel(folder, threads)
+    task.bind(model.config)
+    exported, wanted = model.info.get("auto_class"), task.auto_class().__name__
+    if exported and exported != wanted:
+        raise ConfigError(f"{key}: {folder} is an {exported} export, but task.kind '{task.kind}' needs {wanted}")
+    labels = getattr(task, "labels", None)
+    if labels is not None and int(model.config.num_labels) != len(labels):
+        raise ConfigError(f"{key}: {folder} predicts {model.config.num_labels} labels, the task has {len(labels)}")
+    return model, tokenizer
+
+
+def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str | None = None) -> dict:
+    """`lmdistill eval`: score and measure one saved model on the config's task.
+
+    MODEL is a saved HF folder (PyTorch, on the GPU when there is one) or an `lmdistill export`
+    folder (holds model.onnx: run by onnxruntime). With `compare_onnx` (an export folder of the
+    same model), both are scored and measured side by side: returns {"pytorch": entry,
+    "onnx": entry, "bench": ..., "onnx_speedup": {batchN: pytorch ms / onnx ms}}.
+    """
+    from lmdistill.export import is_onnx_folder
+
+    task = build_task(config.task, config.search_dirs)
     threads = config.bench.num_threads or torch.get_num_threads()
+    onnx_model = is_onnx_folder(model_path)
+    if compare_onnx is not None:
+        if onnx_model:
+            raise ConfigError(f"--compare-onnx: MODEL {model_path} is itself an ONNX export; give the PyTorch folder")
+        if not is_onnx_folder(compare_onnx):
+            raise ConfigError(f"--compare-onnx: {compare_onnx} holds no model.onnx (make one with lmdistill export)")
+    models = {}
+    if onnx_model:
+        model, tokenizer = _load_onnx_for_eval(model_path, task, threads, "MODEL")
+        models["model"] = (model, model_path, tokenizer)
+    else:
+        model, tokenizer = _load_for_eval(model_path, task, "MODEL")
+        models["model" if compare_onnx is None else "pytorch"] = (model, model_path, tokenizer)
+    if compare_onnx is not None:
+        exported, exported_tokenizer = _load_onnx_for_eval(compare_onnx, task, threads, "--compare-onnx")
+        models["onnx"] = (exported, compare_onnx, exported_tokenizer)
+    check_bench_length(config, {role: entry[0] for role, entry in models.items()})
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
-    entry = evaluate_and_measure({"model": (model, model_path, tokenizer)}, task, config, seq_len, threads)["model"]
-    entry["bench"] = {"seq_len": seq_len, "threads": threads}
-    return entry
+    entries = evaluate_and_measure(models, task, config, seq_len, threads)
+    bench_info = {"seq_len": seq_len, "threads": threads}
+    if compare_onnx is None:
+        return {**entries["model"], "bench": bench_info}
+    return {"pytorch": entries["pytorch"], "onnx": entries["onnx"], "bench": bench_info,
+            "onnx_speedup": speedups(entries["pytorch"], entries["onnx"])}

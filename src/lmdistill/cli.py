@@ -1,4 +1,4 @@
-"""Command line: `lmdistill run | eval | cache | demo`. Thin: parse, call lmdistill.api, print.
+"""Command line: `lmdistill run | eval | cache | export | demo`. Thin: parse, call lmdistill.api, print.
 
 A user error (ConfigError, DataError, TrainingError) prints one line to stderr and exits with 2.
 """
@@ -55,8 +55,23 @@ def cmd_eval(args) -> None:
     from lmdistill.config import load_config
 
     config = load_config(args.config, args.set)
-    entry = evaluate_model(args.model, config)
+    entry = evaluate_model(args.model, config, compare_onnx=args.compare_onnx)
+    if args.compare_onnx:
+        from lmdistill.report import entries_table
+
+        # The table is for a person (stderr); stdout stays one JSON document for scripts.
+        print(entries_table({"pytorch": entry["pytorch"], "onnx": entry["onnx"]}), file=sys.stderr)
     print(json.dumps(entry, indent=2))
+
+
+def cmd_export(args) -> None:
+    from lmdistill.export import export_onnx
+
+    info = export_onnx(args.model, args.out, quantize=args.quantize, overwrite=args.overwrite, fmt=args.format)
+    diff = max(info["check"]["max_abs_diff"].values())
+    print(f"exported {args.model} -> {args.out}/model.onnx ({info['exporter']}, opset {info['opset']}"
+          f"{', ' + args.quantize if args.quantize else ''}); max |onnx - pytorch| on "
+          f"{info['check']['rows']} real rows: {diff:.2e}")
 
 
 def cmd_cache(args) -> None:
@@ -97,7 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model")
     evaluate.add_argument("--config", required=True)
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE")
+    evaluate.add_argument("--compare-onnx", metavar="EXPORT_DIR",
+                          help="also score and measure this ONNX export of MODEL, side by side")
     evaluate.set_defaults(func=cmd_eval)
+
+    export = sub.add_parser("export", help="export a saved model folder to ONNX (runs with onnxruntime alone)")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("--out", required=True, help="the export folder to write")
+    # Checked by lmdistill.export (one clear line), not by argparse choices (usage text + error).
+    export.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    export.add_argument("--quantize", default=None, help="int8: onnxruntime dynamic quantization")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    export.set_defaults(func=cmd_export)
 
     cache = sub.add_parser("cache", help="fill the teacher-output cache of a config without training")
     cache.add_argument("config")

@@ -31,14 +31,14 @@ def _fmt(value, digits=4):
     return str(value)
 
 
-def markdown_table(report: dict) -> str:
-    metric = report["teacher"]["metric"]
-    sizes = list(report["teacher"].get("latency_ms", {}))
-    header = ["model", metric, "params (M)", "size (MB)", "GFLOPs (b=1)"]
+def entries_table(entries: dict[str, dict]) -> str:
+    """One markdown row per model: metric, size, FLOPs, latency per batch size, peak memory."""
+    first = next(iter(entries.values()))
+    sizes = list(first.get("latency_ms", {}))
+    header = ["model", first["metric"], "params (M)", "size (MB)", "GFLOPs (b=1)"]
     header += [f"latency {k} (ms)" for k in sizes] + ["peak mem (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for role in ("teacher", "student"):
-        entry = report[role]
+    for role, entry in entries.items():
         row = [
             role,
             f"{entry['score']:.4f}",
@@ -49,10 +49,13 @@ def markdown_table(report: dict) -> str:
         row += [_fmt(entry.get("latency_ms", {}).get(k)) for k in sizes]
         row += [_fmt(entry.get("peak_mem_mb"))]
         lines.append("| " + " | ".join(row) + " |")
-    speed = ", ".join(f"{k}: {v:.2f}x" for k, v in report.get("speedup", {}).items())
-    lines.append("")
-    lines.append(f"retention: {report['retention']:.4f}   speed-up: {speed or 'n/a'}")
     return "\n".join(lines)
+
+
+def markdown_table(report: dict) -> str:
+    speed = ", ".join(f"{k}: {v:.2f}x" for k, v in report.get("speedup", {}).items())
+    table = entries_table({"teacher": report["teacher"], "student": report["student"]})
+    return table + f"\n\nretention: {report['retention']:.4f}   speed-up: {speed or 'n/a'}"
 
 
 def write_report(report: dict, output: Path) -> dict[str, Path]:

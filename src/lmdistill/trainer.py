@@ -223,7 +223,10 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         raise ConfigError(
             f"training.batch_size: {global_batch} is not divisible by processes x gradient_accumulation_steps ({per_step})"
         )
-    return TrainingArguments(
+    if train.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"training.bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16 support; "
+                          "set training.bf16: false")
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=global_batch // per_step,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
@@ -255,6 +258,13 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         disable_tqdm=False,
     )
+    if world_size() == 1 and args.n_gpu > 1:
+        # One process drives one GPU. HF would wrap the StageModel in nn.DataParallel, which cannot
+        # split the teacher's Features nor gather the loss logs; several GPUs train under torchrun.
+        logger.warning("%d GPUs visible to one process: training on cuda:0 only (use torchrun for all)",
+                       args.n_gpu)
+        args._n_gpu = 1
+    return args
 
 
 def stage_dir_of(stage_root: Path, index: int, stage: Stage) -> Path:

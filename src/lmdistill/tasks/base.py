@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lmdistill.bench import model_device
 from lmdistill.config import TaskConfig
 from lmdistill.errors import DataError
 from lmdistill.tasks.io import Skips, Split, load_rows
@@ -163,7 +164,7 @@ class Task:
         keep = [c for c in dataset.column_names if not c.startswith("_")]
         collate = self.collator(tokenizer)
         loader = DataLoader(dataset.select_columns(keep), batch_size=batch_size, collate_fn=collate)
-        device = next(model.parameters()).device
+        device = model_device(model)  # the batches go where the model is (GPU, CPU, or onnxruntime's CPU)
         was_training = model.training
         model.eval()
         outputs = []
