@@ -112,8 +112,8 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         info["reused_cache"] = True
         return teacher, str(cached), info
     logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
-    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).item()}),
-                  uses_teacher=False)
+    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                  teacher_needs=None)
     run_stage(
         stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
         cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
