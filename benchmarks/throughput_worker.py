@@ -364,6 +364,8 @@ def run_textbrewer(args, clock: Clock) -> dict:
 
 def lmdistill_config(args, contender: str) -> dict:
     """The lmdistill config of a contender: the workload above, lmdistill's defaults otherwise."""
+    import importlib.util
+
     from lmdistill.config import TrainingConfig as LmTraining
 
     recipe = {"name": "finetune"} if contender == "lmdistill-finetune" else {
@@ -375,14 +377,15 @@ def lmdistill_config(args, contender: str) -> dict:
     training = {"epochs": args.epochs, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE, "seed": args.seed,
                 "weight_decay": WEIGHT_DECAY, "warmup_ratio": WARMUP_RATIO, "lr_scheduler": "linear",
                 "max_grad_norm": MAX_GRAD_NORM, "num_threads": args.threads, "group_by_length": True}
-    has_cache = "cache_teacher" in LmTraining.model_fields
+    # The key alone is not enough: it landed on main before the cache (lmdistill.cache) did.
+    has_cache = "cache_teacher" in LmTraining.model_fields and importlib.util.find_spec("lmdistill.cache") is not None
     if contender in ("lmdistill-cold", "lmdistill-warm"):
         if not has_cache:
             raise SystemExit(f"{contender}: this lmdistill has no training.cache_teacher (the teacher-output "
                              "cache has not landed on this branch)")
         training["cache_teacher"] = True
-    elif contender == "lmdistill-nocache" and has_cache:
-        training["cache_teacher"] = False  # without the key (before the cache landed) it is off anyway
+    elif "cache_teacher" in LmTraining.model_fields and contender != "lmdistill-finetune":
+        training["cache_teacher"] = False  # before lmdistill.cache landed there is no cache either way
     config = {"teacher": {"path": args.teacher}, "student": {"layers": STUDENT_LAYERS}, "task": task,
               "recipe": recipe, "training": training, "bench": {"enabled": False},
               "output": str(Path(args.work) / "run")}
