@@ -190,7 +190,7 @@ def run_one(contender: str, round_: int, args, teacher: str, python: dict) -> bo
                    "settings": {"epochs": args.epochs, "max_train_samples": args.max_train_samples,
                                 "seed": args.seed, "threads": args.threads},
                    "train_examples": min(args.max_train_samples or TRAIN_ROWS, TRAIN_ROWS),
-                   "cpus": os.cpu_count(), "interpreter": "benchmarks/.venv-textbrewer" if contender == "textbrewer"
+                   "teacher": teacher, "cpus": os.cpu_count(), "interpreter": "benchmarks/.venv-textbrewer" if contender == "textbrewer"
                    else sys.prefix})
     RESULTS.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".tmp-{target.name}")
@@ -296,7 +296,7 @@ def table(args) -> str:
     stats = {c: summary(runs[c]) for c in CONTENDERS}
     limit = stats["student-only"]
     epochs = args.epochs
-    lines = [f"### Training throughput: MiniLM-L6 teacher → 3-layer student, SST-2, {epochs} epochs", "",
+    lines = [f"### Training throughput: MiniLM-L6 teacher → 3-layer student, SST-2, {epochs} epoch{'s' if epochs != 1 else ''}", "",
              "| contender | runs | setup (s) | epoch (s), median [range] | ÷ student-only epoch | epoch 1 (s) | "
              f"train {epochs} ep. (s) | examples/s | setup + train (s) | dev acc (×100) | peak RSS (MB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -328,7 +328,7 @@ def table(args) -> str:
                 continue
             over_train = s["rate"] / tb["rate"]
             over_total = s["rate_total"] / tb["rate_total"]
-            lines.append(f"- lmdistill ({what}) / TextBrewer throughput over the {epochs} epochs = {over_train:.2f}× "
+            lines.append(f"- lmdistill ({what}) / TextBrewer throughput over the {epochs} epoch{'s' if epochs != 1 else ''} = {over_train:.2f}× "
                          f"(training loop), {over_total:.2f}× (setup + training{', cache build included' if c == 'lmdistill-cold' else ''}) "
                          f"(target ≥ {TARGET_SPEEDUP}×: {'met' if over_train >= TARGET_SPEEDUP else 'MISSED'}).")
     kd = {c: stats[c]["accuracy"] for c in KD if stats[c]}
@@ -367,14 +367,15 @@ def table(args) -> str:
     any_run = next((r for rs in runs.values() for r in rs), None)
     machine = (f"{any_run['cpus']} CPUs, torch {any_run['versions']['torch']}, transformers "
                f"{any_run['versions']['transformers']}" if any_run else "?")
+    teachers = sorted({Path(r["teacher"]).name for rs in runs.values() for r in rs if r.get("teacher")})
     data = f"the first {args.max_train_samples}" if args.max_train_samples else f"all {TRAIN_ROWS}"
     lines += ["", (
         f"Workload: MiniLM-L6 fine-tuned on SST-2 by lmdistill (cached; the same folder for every contender) → "
         f"its layers [0, 2, 4]; KD T = 4, alpha 0.5, + hidden MSE of student layer k vs teacher layer 2k, beta 1 "
         f"(lmdistill `lwd`; TextBrewer set to the same effective loss); batch 32, max_length 64, {data} SST-2 train "
         f"sentences, {epochs} epoch{'s' if epochs != 1 else ''}, seed {args.seed}, AdamW lr 1e-4 (wd 0.01, linear, "
-        f"10% warm-up, clip 1.0), length-grouped batches for every contender, {args.threads} threads, "
-        f"one process per run ({machine}). Medians over the runs; contenders alternate within each round. "
+        f"10% warm-up, clip 1.0), length-grouped batches for every contender, {args.threads} thread{'s' if args.threads != 1 else ''}, "
+        f"one process per run ({machine}; teacher folder {', '.join(teachers) or '?'}). Medians over the runs; contenders alternate within each round. "
         "Setup: process start to the first training step (imports, models, data; for the cold cache also "
         "whatever is built before training). Epoch: the median of a run's epochs. Dev accuracy: SST-2 dev "
         "(872); one value per distinct result.")]
@@ -384,6 +385,7 @@ def table(args) -> str:
 # ---- command line ------------------------------------------------------------------------------
 
 def main() -> int:
+    global RESULTS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
@@ -397,6 +399,9 @@ def main() -> int:
     p.add_argument("--profile-steps", type=int, default=20)
     p.add_argument("--profile-skip", type=int, default=20)
     p.add_argument("--profile-rows", type=int, default=15, help="profile rows shown in the table")
+    p.add_argument("--teacher", default=None, metavar="DIR",
+                   help="use this teacher folder instead of lmdistill's cached fine-tuned one (development only)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the JSON go (default %(default)s)")
     p.add_argument("--setup-textbrewer", action="store_true", help="create the TextBrewer venv, nothing else")
     p.add_argument("--check-loss", action="store_true",
                    help="compare lmdistill's, TextBrewer's and the plain loop's loss and gradients on one batch")
@@ -404,6 +409,7 @@ def main() -> int:
     p.add_argument("--table-only", action="store_true", help="print the table from the stored JSON; run nothing")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table to FILE")
     args = p.parse_args()
+    RESULTS = args.results.resolve()
     if args.max_train_samples and args.max_train_samples >= TRAIN_ROWS:
         args.max_train_samples = None
     failed = 0
@@ -420,7 +426,7 @@ def main() -> int:
         python = {"main": sys.executable}
         if args.check_loss or "textbrewer" in (args.profile or args.contenders):
             python["textbrewer"] = str(setup_textbrewer())
-        teacher = prepare_teacher(args)
+        teacher = args.teacher or prepare_teacher(args)
         print(f"teacher: {teacher}", flush=True)
         if args.check_loss:
             check_loss(args, teacher, python)
