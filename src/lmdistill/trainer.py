@@ -154,6 +154,8 @@ class DistillationTrainer(Trainer):
         teacher_inputs = {k: v for k, v in inputs.items() if k not in self.label_keys}
         with torch.no_grad():
             self.teacher.eval()
+            if self.stage.teacher_forward is not None:
+                return self.stage.teacher_forward(self.teacher, teacher_inputs, needs)
             output = network_forward(self.teacher, teacher_inputs, needs)
         return features_from_output(output, inputs)
 

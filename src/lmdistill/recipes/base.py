@@ -96,6 +96,8 @@ class Stage:
     teacher: nn.Module | None = None  # None: the pipeline's teacher (e.g. a recipe's pretrained teacher instead)
     teacher_id: str | None = None  # identity of an overriding teacher, for the teacher-output cache key
     student_forward: Callable | None = None  # (net, batch, needs) -> Features; None: one plain forward
+    teacher_forward: Callable | None = None  # (teacher, batch, needs) -> Features, run under no_grad (and by
+    #                                          the teacher-output cache's pass); None: one plain forward
     epochs: float | None = None  # None: training.epochs
     learning_rate: float | None = None  # None: training.learning_rate
 
@@ -112,6 +114,13 @@ class RecipeContext:
     task: Any  # lmdistill.tasks.Task
     teacher: nn.Module | None  # frozen, task head trained
     student: nn.Module
+    tokenizer: Any = None  # the teacher's (= the student's) tokenizer
+    load_pretrained_teacher: Callable[[], nn.Module] | None = None  # the teacher before task fine-tuning
+    pretrained_teacher_id: str | None = None  # its identity (source folder), for the teacher-output cache
+
+    @property
+    def search_dirs(self) -> list:
+        return self.config.search_dirs
 
     @property
     def teacher_layers(self) -> int:
