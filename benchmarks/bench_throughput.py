@@ -158,6 +158,19 @@ def build_warm_cache(args, teacher: str) -> None:
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
+def cache_available() -> bool:
+    """Whether this checkout's lmdistill has the teacher-output cache (lmdistill.cache)."""
+    return (REPO / "src" / "lmdistill" / "cache.py").is_file() or (REPO / "src" / "lmdistill" / "cache").is_dir()
+
+
+def commit() -> str | None:
+    """The commit the run is made from: $BENCH_COMMIT (a snapshot has no .git), else git's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
 # ---- running -----------------------------------------------------------------------------------
 
 def run_one(contender: str, round_: int, args, teacher: str, python: dict) -> bool:
@@ -190,7 +203,7 @@ def run_one(contender: str, round_: int, args, teacher: str, python: dict) -> bo
                    "settings": {"epochs": args.epochs, "max_train_samples": args.max_train_samples,
                                 "seed": args.seed, "threads": args.threads},
                    "train_examples": min(args.max_train_samples or TRAIN_ROWS, TRAIN_ROWS),
-                   "teacher": teacher, "cpus": os.cpu_count(), "interpreter": "benchmarks/.venv-textbrewer" if contender == "textbrewer"
+                   "teacher": teacher, "commit": commit(), "cpus": os.cpu_count(), "interpreter": "benchmarks/.venv-textbrewer" if contender == "textbrewer"
                    else sys.prefix})
     RESULTS.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".tmp-{target.name}")
@@ -423,6 +436,12 @@ def main() -> int:
                 print(f"  {'stored' if (RESULTS / f'{name}.json').is_file() else 'to run':<7} {name}")
         return 0
     if not args.table_only:
+        cached = ("lmdistill-cold", "lmdistill-warm")
+        if not cache_available() and any(c in cached for c in (args.profile or args.contenders)):
+            print("this lmdistill has no teacher-output cache (src/lmdistill/cache*): skipping "
+                  + ", ".join(c for c in cached if c in (args.profile or args.contenders)), file=sys.stderr)
+            args.contenders = [c for c in args.contenders if c not in cached]
+            args.profile = [c for c in args.profile if c not in cached] if args.profile else None
         python = {"main": sys.executable}
         if args.check_loss or "textbrewer" in (args.profile or args.contenders):
             python["textbrewer"] = str(setup_textbrewer())
