@@ -279,6 +279,19 @@ def stored(args) -> dict[str, list[dict]]:
     return runs
 
 
+CACHE_LINE = re.compile(r"teacher-output cache (?P<status>\w+) \(.*; (?P<mb>[\d.]+) MB on disk, .*\) in (?P<s>[\d.]+) s")
+
+
+def cache_events(record: dict) -> list[dict]:
+    """lmdistill's own log lines about the teacher-output cache: [{status, mb, s}] (built / reused / ...)."""
+    events = []
+    for line in record.get("detail", {}).get("log", []):
+        match = CACHE_LINE.search(line)
+        if match:
+            events.append({"status": match["status"], "mb": float(match["mb"]), "s": float(match["s"])})
+    return events
+
+
 def _med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -324,6 +337,22 @@ def table(args) -> str:
                      f"[{s['epoch_range'][0]:.1f}–{s['epoch_range'][1]:.1f}] | {fmt(ratio, 2, '×')} | "
                      f"{fmt(s['first_epoch'])} | {fmt(s['train'])} | {fmt(s['rate'], 0)} | {fmt(s['total'])} | "
                      f"{acc} | {fmt(s['rss'], 0)} |")
+    cache_notes = []
+    for c, wanted in (("lmdistill-cold", "built"), ("lmdistill-warm", "reused"), ("lmdistill-nocache", None)):
+        events = [e for r in runs[c] for e in cache_events(r)]
+        if wanted is None:
+            if events:
+                cache_notes.append(f"WARNING: {LABELS[c]} logged cache use: {events}")
+            continue
+        wrong = [e["status"] for e in events if e["status"] != wanted]
+        if len(events) < len(runs[c]) or wrong:
+            cache_notes.append(f"WARNING: {LABELS[c]}: expected the cache to be {wanted} in every run, "
+                               f"got {[e['status'] for e in events] or 'no cache log line'}")
+        elif events:
+            cache_notes.append(f"{LABELS[c]}: cache {wanted} in {_med([e['s'] for e in events]):.1f} s "
+                               f"({events[0]['mb']:.0f} MB on disk)")
+    if cache_notes:
+        lines += ["", "Cache: " + "; ".join(cache_notes) + "."]
     lines += ["", "Targets:"]
     warm, tb, fin = stats["lmdistill-warm"], stats["textbrewer"], stats["lmdistill-finetune"]
     if warm and limit:
