@@ -171,7 +171,7 @@ def test_causal_lm_cache_keeps_topk_and_the_tail(tiny_llama_dir, tmp_path):
                  "max_train_samples": 40, "max_eval_samples": 10},
         "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
         "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0,
-                     "cache_top_k": 16},
+                     "cache_top_k": 16, "cache_top_k_max_temperature": 2.0},
         "bench": {"enabled": False},
         "output": str(tmp_path / "out"),
         "cache_dir": str(tmp_path / "cache"),
@@ -259,6 +259,21 @@ def test_unwritable_cache_folder_is_one_clear_line(tiny_classifier_dir, tmp_path
     assert code == 2 and "Traceback" not in err
     assert f"lmdistill: error: cache_dir: {blocker / 'cache'} is not writable" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_vocabulary_logits_above_the_temperature_bound_run_live(tiny_llama_dir, tmp_path, caplog):
+    config = {
+        "teacher": {"path": str(tiny_llama_dir)}, "student": {"layers": [0, 2]},
+        "task": {"kind": "language-modeling", "train": str(DATA / "wikitext2" / "train.txt"),
+                 "eval": str(DATA / "wikitext2" / "eval.txt"), "block_size": 32, "max_train_samples": 20,
+                 "max_eval_samples": 5},
+        "recipe": {"name": "kd", "temperature": 2.0}, "training": {"batch_size": 4, "epochs": 1},
+        "bench": {"enabled": False}, "output": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+    }
+    with caplog.at_level(logging.INFO, logger="lmdistill"):
+        result = distill(config)  # the default bound is T 1
+    assert "teacher_cache" not in result.report["stages"][0]
+    assert "the teacher runs live (its vocabulary logits are read at temperature 2" in caplog.text
 
 
 def test_top_k_larger_than_the_vocabulary(tiny_llama_dir, tmp_path, capsys):

@@ -238,7 +238,7 @@ def stage_teacher_outputs(stage: Stage, teacher, train_dataset, collator, task: 
     stage_teacher = stage.teacher if stage.teacher is not None else teacher
     train = config.training
     return teacher_cache.prepare(stage, stage_teacher, dataset, stage_collator, cache_dir, train.cache_top_k,
-                                 train.cache_dtype, train.eval_batch_size)
+                                 train.cache_dtype, train.eval_batch_size, train.cache_top_k_max_temperature)
 
 
 def recipe_context(config: ExperimentConfig, task: Task, teacher, student, tokenizer, source: str) -> RecipeContext:

@@ -411,7 +411,7 @@ def folder_size_mb(folder: Path) -> float:
 
 
 def prepare(stage, teacher, dataset, collator, cache_root: Path, top_k: int, dtype: str, batch_size: int,
-            data_name: str = "task") -> CachedTeacherOutputs | None:
+            top_k_max_temperature: float = 1.0) -> CachedTeacherOutputs | None:
     """The cache reader for a stage, building or extending the entry first when needed.
 
     Returns None (the teacher then runs live, and the reason is logged) when the stage cannot be
@@ -451,6 +451,11 @@ def prepare(stage, teacher, dataset, collator, cache_root: Path, top_k: int, dty
             probe = collator([{c: dataset[0][c] for c in columns}])
             probe = {k: v.to(device) for k, v in probe.items() if k in columns}
             kind = logits_kind(forward(teacher, probe, probe_needs).logits, teacher)
+    if kind == "vocabulary" and needs.temperature > top_k_max_temperature:
+        logger.info("stage %s: the teacher runs live (its vocabulary logits are read at temperature %g, above "
+                    "training.cache_top_k_max_temperature %g, where a top-%d cache would drop most of the KL)",
+                    stage.name, needs.temperature, top_k_max_temperature, top_k)
+        return None
     fields = field_names(needs, kind, top_k, dtype)
     dist, rank, world = _dist()
     missing = [f for f in fields if not (entry / f / META).is_file()]
