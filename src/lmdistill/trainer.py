@@ -18,9 +18,11 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from lmdistill.config import ExperimentConfig
+from lmdistill import killpoint
 from lmdistill.errors import ConfigError, TrainingError
 from lmdistill.models.features import Features, features_from_output
 from lmdistill.recipes.base import Stage
@@ -80,6 +82,28 @@ def load_state(model: StageModel, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """`group_by_length` order as a function of (seed, epoch) alone.
+
+    HF's LengthGroupedSampler draws its permutation from the global torch RNG when an epoch starts,
+    so the order of epoch e depends on every random draw of epochs 0..e-1 (dropout): a run resumed
+    inside epoch e >= 1 would see another order than the uninterrupted run. Seeding per epoch makes
+    the order the same whether the run was interrupted or not.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer (through accelerate) before each epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
@@ -124,6 +148,18 @@ class DistillationTrainer(Trainer):
             self._log_sums.clear()
             self._log_count = 0
         super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        killpoint.hit("step")
+        return loss
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # Checkpoints of a StageModel: one safetensors file, tied weights stored once.
