@@ -13,12 +13,15 @@ import signal
 
 _armed: tuple[str, int] | None = None
 _count = 0
+hits: dict[str, int] = {}  # filled in counting mode, arm("*"): how often each point was reached
 
 
 def arm(point: str | None, n: int = 1) -> None:
-    """Kill the process at the n-th `hit(point)` from now on; `arm(None)` disarms."""
+    """Kill the process at the n-th `hit(point)` from now on; `arm(None)` disarms; `arm("*")` kills
+    nowhere and counts every point's hits in `hits`."""
     global _armed, _count
     _armed, _count = ((point, int(n)) if point else None), 0
+    hits.clear()
 
 
 def _arm_from_env() -> None:
@@ -31,7 +34,12 @@ def _arm_from_env() -> None:
 def hit(point: str) -> None:
     """Mark that the run reached `point`; dies here when this is the armed point's n-th hit."""
     global _count
-    if _armed is None or _armed[0] != point:
+    if _armed is None:
+        return
+    if _armed[0] == "*":
+        hits[point] = hits.get(point, 0) + 1
+        return
+    if _armed[0] != point:
         return
     _count += 1
     if _count == _armed[1]:

@@ -17,13 +17,13 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from lmdistill import checkpointing, killpoint
 from lmdistill.config import ExperimentConfig
-from lmdistill import killpoint
 from lmdistill.errors import ConfigError, TrainingError
+from lmdistill.io_utils import atomic_write_json
 from lmdistill.models.features import Features, features_from_output
 from lmdistill.recipes.base import Stage
 
@@ -82,28 +82,6 @@ def load_state(model: StageModel, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """`group_by_length` order as a function of (seed, epoch) alone.
-
-    HF's LengthGroupedSampler draws its permutation from the global torch RNG when an epoch starts,
-    so the order of epoch e depends on every random draw of epochs 0..e-1 (dropout): a run resumed
-    inside epoch e >= 1 would see another order than the uninterrupted run. Seeding per epoch makes
-    the order the same whether the run was interrupted or not.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by the Trainer (through accelerate) before each epoch
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
 class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
@@ -149,18 +127,6 @@ class DistillationTrainer(Trainer):
             self._log_count = 0
         super().log(logs, start_time)
 
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if type(sampler) is LengthGroupedSampler:
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, seed)
-        return sampler
-
-    def training_step(self, *args, **kwargs):
-        loss = super().training_step(*args, **kwargs)
-        killpoint.hit("step")
-        return loss
-
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # Checkpoints of a StageModel: one safetensors file, tied weights stored once.
         if not self.args.should_save:
@@ -169,6 +135,49 @@ class DistillationTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         save_state(model.state_dict(), output_dir / "model.safetensors")
+        killpoint.hit("checkpoint-weights")
+
+    # ---- resume: checkpoints written whole or not at all, and a data order that survives a kill ----
+    _staging: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), written under
+        `.tmp-checkpoint-N/` and renamed into place once complete (see lmdistill.checkpointing)."""
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = run_dir / f".tmp-{name}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)  # HF rotates inside the staging folder: a no-op
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            checkpointing.publish_checkpoint(staging / name, run_dir / name)
+            staging.rmdir()
+            checkpointing.rotate(run_dir, self.args.save_total_limit)
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        killpoint.hit("step")  # after the backward pass, before the optimizer step
+        return loss
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        killpoint.hit("checkpoint-optimizer")
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return checkpointing.EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
 
 def world_size() -> int:
@@ -225,9 +234,12 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
     model = StageModel(net, stage)
     done = stage_dir / DONE_FILE
     if done.is_file():
+        summary = json.loads(done.read_text())
         load_state(model, stage_dir / STATE_FILE)
+        if int(os.environ.get("RANK", "0")) == 0:
+            checkpointing.tidy_finished(stage_dir)
         logger.info("stage %s already finished; loaded its result from %s", stage.name, stage_dir)
-        return json.loads(done.read_text())
+        return summary
     args = training_arguments(config, stage, stage_dir, **arg_overrides)
     trainer = DistillationTrainer(
         model=model,
@@ -237,25 +249,65 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
         teacher=teacher if stage.uses_teacher else None,
         stage=stage,
         label_keys=label_keys,
+        callbacks=[LogLastStep()],
     )
-    checkpoint = get_last_checkpoint(str(stage_dir)) if (resume and stage_dir.is_dir()) else None
+    checkpoint = resume_point(trainer, stage_dir) if resume else None
     if checkpoint:
         logger.info("stage %s: resuming from %s", stage.name, checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "stage": stage.name,
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": curve_mean(history),
         "train_runtime_s": result.metrics.get("train_runtime"),
         "loss_curve": [(entry["step"], entry["loss"]) for entry in history],
     }
+    if checkpoint:
+        summary["resumed_from_step"] = int(checkpoint.name.split("-")[1])  # train_runtime_s covers the rest
     if trainer.is_world_process_zero():
-        save_state(model.trainable_state_dict(), stage_dir / STATE_FILE)
-        (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
-        # The stage result is saved; its full checkpoints (weights + optimizer) are no longer needed.
-        for checkpoint in stage_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        finish_stage(model, summary, stage_dir)
     trainer.accelerator.wait_for_everyone()
     net.eval()
     return summary
+
+
+class LogLastStep(TrainerCallback):
+    """Log the final step as well, so the loss curve covers every step of the stage."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+def curve_mean(history: list[dict]) -> float | None:
+    """Mean training loss over the stage's steps, from the logged interval means (weighted by their
+    length). Unlike the Trainer's own train_loss, which covers only the steps run by the current
+    process, it is the same for a resumed stage as for an uninterrupted one."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in history:
+        total += entry["loss"] * (entry["step"] - previous)
+        steps += entry["step"] - previous
+        previous = entry["step"]
+    return total / steps if steps else None
+
+
+def resume_point(trainer: DistillationTrainer, stage_dir: Path) -> Path | None:
+    """The newest complete checkpoint of an interrupted stage; what interrupted writes left is removed."""
+    checkpoint = checkpointing.last_complete_checkpoint(stage_dir)
+    trainer.accelerator.wait_for_everyone()  # every rank has chosen before rank 0 cleans up
+    if trainer.args.should_save:
+        checkpointing.clean_partial(stage_dir)
+    trainer.accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def finish_stage(model: StageModel, summary: dict, stage_dir: Path) -> None:
+    """Save the stage result, then mark it done; a kill between the two re-enters the stage from its
+    final checkpoint. The checkpoints go last: they are not needed once done.json exists."""
+    save_state(model.trainable_state_dict(), stage_dir / STATE_FILE)
+    killpoint.hit("stage-state")
+    atomic_write_json(stage_dir / DONE_FILE, summary)
+    killpoint.hit("stage-done")
+    checkpointing.tidy_finished(stage_dir)
