@@ -58,7 +58,7 @@ def check_trials(result: dict) -> None:
         assert trial["killed"][0], f"kill point never reached: {where}"
         assert trial["resume_status"] == 0, f"resume failed: {where}"
         assert trial["identical"], f"student differs by {trial['max_abs_diff']} after {where}"
-        assert trial["same_loss_curves"] and trial["same_scores"], where
+        assert trial["same_stage_summaries"] and trial["same_scores"], where  # loss curves, train_loss
         assert trial["leftovers"] == [], f"{trial['leftovers']} left after {where}"
 
 

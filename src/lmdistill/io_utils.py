@@ -1,4 +1,4 @@
-"""Atomic writes and content hashes."""
+"""Atomic writes, sealed folders, file locks and content hashes (remembered, so big files are read once)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,33 +39,38 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def atomic_write_json(path: str | Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def hash_files(paths: list[Path], digest=None) -> str:
-    digest = digest or hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def hash_json(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+SETTLE_NS = 2_000_000_000
 
 
 def _stat_key(path: Path) -> list[int]:
     st = path.stat()
     # ctime cannot be set by tools that preserve mtime (cp -p, rsync -a): a rewrite always changes it.
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_fingerprint(path: str | Path, memo_dir: str | Path | None = None) -> str:
@@ -87,12 +93,11 @@ def file_fingerprint(path: str | Path, memo_dir: str | Path | None = None) -> st
                 return entry["sha256"]
         except (OSError, ValueError, KeyError):
             pass  # a damaged memo is rebuilt below
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
-    if memo is not None and _stat_key(path) == stat:  # unchanged while it was read
+    value = sha256_file(path)
+    # Remember it only if the file did not change while it was read, and was not written in the last
+    # two seconds: a second write within the clock's granularity could leave the same stat behind.
+    settled = time.time_ns() - max(stat[1], stat[2]) > SETTLE_NS
+    if memo is not None and settled and _stat_key(path) == stat:
         atomic_write_json(memo, {"path": str(path), "stat": stat, "sha256": value})
     return value
 
