@@ -183,8 +183,8 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
         if is_main_process():
             remove_leftovers(teachers, key)  # of a run killed while writing this entry
-        stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).item()}),
-                      uses_teacher=False)
+        stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                      teacher_needs=None)
         run_stage(
             stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer),
             config, work, task.label_keys, resume=True,
@@ -277,6 +277,20 @@ def _batch_maker(task: Task, tokenizer, model):
     return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
 
+def recipe_context(config: ExperimentConfig, task: Task, teacher, student, tokenizer, source: str) -> RecipeContext:
+    """What a recipe sees; the pretrained teacher (before task fine-tuning) is loaded only if asked for."""
+    loaded = {}
+
+    def load_pretrained_teacher():
+        if "model" not in loaded:
+            loaded["model"] = freeze(load_model(task.auto_class(), source, task.model_kwargs(),
+                                                  **teacher_load_kwargs(config, source))[0])
+        return loaded["model"]
+
+    return RecipeContext(config=config, task=task, teacher=teacher, student=student, tokenizer=tokenizer,
+                         load_pretrained_teacher=load_pretrained_teacher, pretrained_teacher_id=f"pretrained:{source}")
+
+
 def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
             overrides: list[str] | None = None) -> Result:
     """Run one experiment end to end. Returns the report and the output paths."""
@@ -309,7 +323,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
                                          task.model_kwargs(), remote)
     student_tokenizer = load_tokenizer(config.student.path, "student.path", trust_remote_code=remote) \
         if config.student.path else tokenizer
-    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
+    recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
 
     # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
@@ -327,7 +341,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                              task.model_kwargs(), remote)
     set_seed(config.training.seed)
-    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
+    recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
     if is_main_process():

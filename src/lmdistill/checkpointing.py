@@ -1,5 +1,5 @@
 """What lets a killed run resume to the same student: checkpoints that are complete or absent, and a
-data order that does not depend on where the run was interrupted.
+data order and random draws that do not depend on where the run was interrupted.
 
 HF Trainer writes `checkpoint-N` in place, file by file, and `get_last_checkpoint` picks the highest
 N whether or not its files are all there: a kill during a save would resume from a half-written
@@ -16,12 +16,16 @@ against power loss: files are not fsync'ed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
@@ -126,3 +130,48 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def batch_seed(seed: int, epoch: int, rows: list[int]) -> int:
+    """A 63-bit seed from the stage seed, the epoch and the dataset rows of one batch."""
+    data = np.asarray([seed, epoch, *rows], dtype=np.int64).tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+
+
+@contextmanager
+def seeded_rng(seed: int):
+    """Run a block under its own torch/numpy/python RNG, seeded by `seed`; the global RNG states are
+    restored afterwards, so the block neither reads nor advances them."""
+    states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+class SeededCollate:
+    """Runs a collator under an RNG of its own, seeded by (seed, epoch, the batch's dataset rows).
+
+    A collator that draws random numbers (MLM masking) would otherwise draw from the global RNG that
+    dropout uses, at times set by the DataLoader's prefetching: a resumed run, whose Trainer restores
+    the RNG only after the first batches are collated, would mask those batches differently and give
+    dropout another stream. Seeded by batch, the masks are a function of (seed, epoch, rows), and the
+    collator no longer touches the training RNG. Rows come from the `_index` column; without it the
+    collator runs as it is.
+    """
+
+    def __init__(self, collate, seed: int, index_key: str = "_index"):
+        self.collate, self.seed, self.index_key = collate, seed, index_key
+        self.epoch = 0  # set by the Trainer before each epoch's DataLoader iterator is made
+
+    def __call__(self, features: list[dict]):
+        rows = [f.get(self.index_key) for f in features]
+        if any(row is None for row in rows):
+            return self.collate(features)
+        with seeded_rng(batch_seed(self.seed, self.epoch, [int(r) for r in rows])):
+            return self.collate(features)
