@@ -29,10 +29,11 @@ from lmdistill.api import distill
 
 # Where a run can die: between optimizer steps (after the backward pass) in the teacher's fine-tuning
 # or in a student stage, inside each part of a checkpoint save, around a stage's result, while the
-# fine-tuned teacher is cached, while the student and extras are saved, between report files.
+# fine-tuned teacher is cached, during the teacher-output cache pass and while its fields are
+# published, while the student and extras are saved, between report files.
 KINDS = ["step@teacher", "step@student", "checkpoint-weights", "checkpoint-optimizer", "checkpoint-publish",
-         "checkpoint-rotate", "stage-state", "stage-done", "teacher-cache", "teacher-cached", "student-save",
-         "extras-save", "report"]
+         "checkpoint-rotate", "stage-state", "stage-done", "teacher-cache", "teacher-cached", "cache-batch",
+         "cache-publish", "student-save", "extras-save", "report"]
 
 
 def run(config: dict, resume: bool, kill: tuple[str, int] | None, log: Path) -> int:
