@@ -90,9 +90,17 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def summaries(report: dict) -> list[dict]:
-    """Stage summaries without what legitimately differs after a resume (runtime, where it resumed)."""
-    return [{k: v for k, v in stage.items() if k not in ("train_runtime_s", "resumed_from_step")}
-            for stage in report["stages"]]
+    """Stage summaries without what legitimately differs after a resume: runtime, where it resumed,
+    and of the teacher-output cache its folder, build time and whether this process built it (its
+    key, the folder's name, and its fields must be the same)."""
+    kept = []
+    for stage in report["stages"]:
+        stage = {k: v for k, v in stage.items() if k not in ("train_runtime_s", "resumed_from_step")}
+        if "teacher_cache" in stage:
+            cache = stage["teacher_cache"]
+            stage["teacher_cache"] = (Path(cache["folder"]).name, cache["fields"])
+        kept.append(stage)
+    return kept
 
 
 def compare(a: dict, b: dict) -> tuple[bool, float]:

@@ -52,6 +52,24 @@ def run_driver(tmp_path: Path, config: dict, per_kind: dict, double: int = 0, se
     return json.loads(result.read_text())
 
 
+def record(name: str, result: dict) -> None:
+    """With LMDISTILL_KILL_REPORT=FILE, add this test's figures to FILE (the sweep's JSON)."""
+    path = os.environ.get("LMDISTILL_KILL_REPORT")
+    if not path:
+        return
+    figures = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    trials = result["trials"]
+    figures[name] = {
+        "trials": len(trials), "kills": sum(sum(t["killed"]) for t in trials),
+        "killed_twice": sum(len(t["kills"]) > 1 for t in trials),
+        "identical": sum(bool(t.get("identical")) for t in trials),
+        "max_abs_diff": max((t.get("max_abs_diff", float("inf")) for t in trials), default=0.0),
+        "points": sorted({k[0] for t in trials for k in t["kills"]}), "hits_uninterrupted": result["counts"],
+        "kill_points": [t["kills"] for t in trials],
+    }
+    Path(path).write_text(json.dumps(figures, indent=1))
+
+
 def check_trials(result: dict) -> None:
     for trial in result["trials"]:
         where = f"{trial['kills']} (log: {trial['log']})"
@@ -74,6 +92,7 @@ def test_kill_anywhere_resumes_to_the_same_student(tiny_bert_dir, tmp_path):
     # The plan covered what it claims: both stages, several saves, two epochs each (8 steps per stage).
     assert counts["step"] == 16 and result["student_steps"] == 8 and counts["checkpoint-publish"] == 6
     assert len(result["trials"]) >= 22 * n and counts["cache-publish"] >= 1
+    record("kd-sst2", result)
     check_trials(result)
     summary = {"trials": len(result["trials"]), "kills": sum(sum(t["killed"]) for t in result["trials"]),
                "identical": sum(t["identical"] for t in result["trials"])}
@@ -89,6 +108,7 @@ def test_kill_anywhere_in_a_four_stage_recipe(tiny_bert_dir, tmp_path):
     per_kind = {"step@teacher": n, "step@student": 3 * n, "checkpoint-publish": 2 * n, "checkpoint-weights": n,
                 "stage-state": 2 * n, "stage-done": 2 * n, "extras-save": n, "student-save": n, "report": n}
     result = run_driver(tmp_path, kill_config(tiny_bert_dir, ted), per_kind, double=n, seed=1)
+    record("ted-sst2", result)
     check_trials(result)
     print("kill/resume (ted):", len(result["trials"]), "trials")
 
@@ -104,6 +124,7 @@ def test_kill_masked_lm(tiny_bert_dir, tmp_path):
     result = run_driver(tmp_path, config, {"step@teacher": n, "step@student": 2 * n, "checkpoint-publish": n},
                         seed=2)
     assert result["counts"]["step"] > result["student_steps"] >= 4  # kills landed in both stages
+    record("kd-mlm-wikitext2", result)
     check_trials(result)
 
 
@@ -115,6 +136,7 @@ def test_kill_anywhere_with_random_sampling(tiny_bert_dir, tmp_path):
     n = SWEEP
     result = run_driver(tmp_path, config, {"step@teacher": 2 * n, "step@student": 3 * n, "checkpoint-publish": n},
                         double=n, seed=3)
+    record("kd-sst2-random-sampling", result)
     check_trials(result)
 
 

@@ -176,31 +176,33 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
     with lock if is_main_process() else nullcontext():
         if _agree(read_seal(cached) is not None):
             logger.info("reusing the cached fine-tuned teacher %s (key %s)", cached, key)
+            info["reused_cache"] = True
             if is_main_process():
                 remove_dir(work)  # a run killed after caching the teacher, before removing its work folder
-            teacher, _ = load_model(task.auto_class(), str(cached), {}, attn, **load)
-            info["reused_cache"] = True
-            return teacher, str(cached), info
-        logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
-        if is_main_process():
-            remove_leftovers(teachers, key)  # of a run killed while writing this entry
-        stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
-                      teacher_needs=None)
-        run_stage(
-            stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer),
-            config, work, task.label_keys, resume=True,
-            batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
-            learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
-        )
-        if is_main_process():
-            with atomic_dir(cached) as tmp:  # replaces an unsealed (damaged) folder, if any
-                teacher.save_pretrained(tmp)
-                killpoint.hit("teacher-cache")
-                tokenizer.save_pretrained(tmp)
-                seal_dir(tmp, {"key": key, "source": config.teacher.path})
-            killpoint.hit("teacher-cached")
-            remove_dir(work)
-        barrier()
+        else:
+            logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
+            if is_main_process():
+                remove_leftovers(teachers, key)  # of a run killed while writing this entry
+            stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                          teacher_needs=None)
+            run_stage(
+                stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer),
+                config, work, task.label_keys, resume=True,
+                batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
+                learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
+            )
+            if is_main_process():
+                with atomic_dir(cached) as tmp:  # replaces an unsealed (damaged) folder, if any
+                    teacher.save_pretrained(tmp)
+                    killpoint.hit("teacher-cache")
+                    tokenizer.save_pretrained(tmp)
+                    seal_dir(tmp, {"key": key, "source": config.teacher.path})
+                killpoint.hit("teacher-cached")
+                remove_dir(work)
+            barrier()
+    # Every run goes on with the teacher as cached: the same object (weights, config, name) whether this
+    # run fine-tuned it or found it, so what follows (the teacher-output cache key included) is the same.
+    teacher, _ = load_model(task.auto_class(), str(cached), {}, attn, **load)
     return teacher, str(cached), info
 
 
