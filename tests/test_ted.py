@@ -354,3 +354,9 @@ def test_killed_in_stage2_resumes_without_redoing_stage1(tiny_bert_dir, ted_cach
     stage1 = safetensors.torch.load_file(str(stages / "01-teacher-filters" / "stage_state.safetensors"))
     saved = safetensors.torch.load_file(str(out / "extras" / "teacher_filters.safetensors"))
     assert _equal({k.removeprefix("extras.filters."): v for k, v in stage1.items() if "filters" in k}, saved)
+    # The resumed student and filters are those of an uninterrupted run, bit for bit.
+    monkeypatch.setattr(DistillationTrainer, "train", real_train)
+    uninterrupted = distill({**config, "output": str(tmp_path / "uninterrupted")})
+    for name in ("student/model.safetensors", "extras/student_filters.safetensors"):
+        assert _equal(safetensors.torch.load_file(str(out / name)),
+                      safetensors.torch.load_file(str(uninterrupted.output / name))), name

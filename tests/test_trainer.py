@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, sst2_config
 from lmdistill.api import distill
@@ -81,6 +82,15 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_classifier_dir, tmp_path, 
     steps_run.clear()
     distill(config, resume=True)
     assert steps_run == []
+
+    # ...and the resumed student is the one an uninterrupted run gives, bit for bit.
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", original)
+    uninterrupted = distill({**config, "output": str(tmp_path / "uninterrupted")})
+    expected = load_file(str(uninterrupted.student_dir / "model.safetensors"))
+    resumed = load_file(str(result.student_dir / "model.safetensors"))
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    assert result.report["stages"][0]["loss_curve"] == uninterrupted.report["stages"][0]["loss_curve"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo on CPU, tested on Linux")

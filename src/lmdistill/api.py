@@ -8,8 +8,10 @@ HF folder -> teacher and student evaluated and measured the same way -> report f
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +20,26 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from lmdistill import __version__, bench
+from lmdistill import __version__, bench, killpoint
 from lmdistill import cache as teacher_cache
+from lmdistill.checkpointing import remove_dir, remove_leftovers
 from lmdistill.config import ExperimentConfig, config_to_dict, load_config
 from lmdistill.errors import ConfigError
-from lmdistill.io_utils import atomic_dir, hash_files, hash_json
+from lmdistill.io_utils import (
+    SEAL,
+    atomic_dir,
+    file_fingerprint,
+    file_lock,
+    files_fingerprint,
+    hash_json,
+    read_seal,
+    seal_dir,
+)
 from lmdistill.models.students import build_student
 from lmdistill.models.teacher import (
     default_cache_dir,
     freeze,
+    hub_commit,
     load_config_of,
     load_model,
     load_tokenizer,
@@ -65,77 +78,162 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _data_fingerprint(task: Task, config: ExperimentConfig) -> str:
+TEACHER_CACHE_FORMAT = 2  # bump when lmdistill changes how a teacher is fine-tuned (2: epoch-seeded data order)
+_NOT_WEIGHTS = ("README", "LICENSE", ".git", SEAL)  # files of a model folder that cannot change the model
+
+
+def _data_fingerprint(config: ExperimentConfig, memo_dir: Path | None) -> str:
     """Hash of the training data: file bytes for local files, the name for hub datasets."""
     from lmdistill.tasks.io import resolve_path
 
     path = resolve_path(config.task.train, config.search_dirs)
-    return hash_files([path]) if path is not None and path.is_file() else hash_json(config.task.train)
+    return file_fingerprint(path, memo_dir) if path is not None and path.is_file() else hash_json(config.task.train)
 
 
-def _weights_fingerprint(source: str) -> str:
-    folder = Path(source)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
-    return hash_files(files) if files else hash_json(source)
+def teacher_fingerprint(source: str, revision: str | None, memo_dir: Path | None) -> dict:
+    """What identifies the teacher's files: the commit of a hub teacher, or the content of every file of
+    a local folder (weights, config.json, tokenizer files; a converted GGUF's folder is named by the
+    GGUF's content, and its files are hashed as well)."""
+    commit = hub_commit(source, revision)
+    if commit is not None or not Path(source).is_dir():
+        return {"hub": source, "commit": commit}
+    files = [p for p in Path(source).iterdir() if p.is_file() and not p.name.startswith(_NOT_WEIGHTS)]
+    return {"files": files_fingerprint(files, memo_dir)}
+
+
+def teacher_load_kwargs(config: ExperimentConfig, source: str) -> dict:
+    """revision (pinned to a commit for hub teachers) and trust_remote_code, for every teacher load."""
+    return {"revision": hub_commit(source, config.teacher.revision),
+            "trust_remote_code": config.teacher.trust_remote_code}
 
 
 def load_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_attentions: bool):
     """Load the teacher as given (its task head may be untrained). Cheap; writes nothing but the
     one-time GGUF conversion. Returns (teacher, tokenizer, source folder, whether it needs fine-tuning)."""
     source = resolve_teacher(config.teacher, cache_dir)
-    tokenizer = load_tokenizer(source)
-    task.bind(load_config_of(source))
+    if config.teacher.revision and Path(source).exists():
+        raise ConfigError(f"teacher.revision: applies to hub teachers only; {config.teacher.path} is a local "
+                          "folder or packaged teacher")
+    load = teacher_load_kwargs(config, source)
+    tokenizer = load_tokenizer(source, **load)
+    task.bind(load_config_of(source, **load))
     attn = "eager" if needs_attentions else None
-    teacher, missing = load_model(task.auto_class(), source, task.model_kwargs(), attn)
+    teacher, missing = load_model(task.auto_class(), source, task.model_kwargs(), attn, **load)
     needs_finetune = config.teacher.finetune == "always" or (
         config.teacher.finetune == "auto" and (bool(missing) or not task.head_is_trained(teacher))
     )
     return teacher, tokenizer, source, needs_finetune
 
 
-def teacher_cache_key(config: ExperimentConfig, task: Task, source: str) -> str:
-    """Hash of the teacher weights, the training data and what shapes the teacher's training."""
-    settings = {
-        "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
-        "teacher": config.teacher.model_dump(mode="json", exclude={"path", "gguf_file", "finetune"}),
-        # Only what shapes the teacher's training: not the student's seed, epochs, steps or logging.
-        "training": config.training.model_dump(mode="json", include={
-            "batch_size", "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm",
-            "gradient_accumulation_steps", "group_by_length", "bf16"}),
+def teacher_training_settings(config: ExperimentConfig) -> dict:
+    """Every setting that shapes the teacher's fine-tuning, with the values the teacher stage uses
+    (see the teacher stage in `finetune_teacher`); the student's own seed, epochs, steps, learning
+    rate, logging and checkpointing are not among them."""
+    train = config.training
+    return {
+        "epochs": config.teacher.epochs, "learning_rate": config.teacher.learning_rate,
+        "batch_size": config.teacher.batch_size or train.batch_size, "seed": config.teacher.seed,
+        **train.model_dump(mode="json", include={
+            "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm", "gradient_accumulation_steps",
+            "group_by_length", "bf16", "dataloader_num_workers"}),
     }
-    return hash_json([_weights_fingerprint(source), _data_fingerprint(task, config), settings])[:16]
+
+
+def teacher_cache_key(config: ExperimentConfig, task: Task, source: str, memo_dir: Path | None = None) -> str:
+    """Hash of everything that shapes the fine-tuned teacher: its files (or hub commit), the training
+    data and task settings, the training settings, trust_remote_code, and TEACHER_CACHE_FORMAT."""
+    parts = {
+        "format": TEACHER_CACHE_FORMAT,
+        "teacher": teacher_fingerprint(source, config.teacher.revision, memo_dir),
+        "trust_remote_code": config.teacher.trust_remote_code,
+        "data": _data_fingerprint(config, memo_dir),
+        "task": config.task.model_dump(mode="json", exclude={"train", "eval", "max_eval_samples"}),
+        "training": teacher_training_settings(config),
+    }
+    return hash_json(parts)[:16]
+
+
+def _agree(value):
+    """Rank 0's value on every rank (one decision for a collective step under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
 
 
 def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, task: Task, cache_dir: Path,
                      needs_attentions: bool):
     """Fine-tune the teacher on the task once; the result is cached on disk, keyed by
-    `teacher_cache_key`. Returns (teacher, folder, info)."""
-    key = teacher_cache_key(config, task, source)
-    cached = cache_dir / "teachers" / key
+    `teacher_cache_key`. Returns (teacher, folder, info).
+
+    Concurrent runs that need the same entry: the first takes a lock on `<key>.lock` and builds it,
+    the others wait and then reuse it. An entry is written to a temporary folder, sealed (a manifest
+    of its files' sizes) and renamed into place; an unsealed folder is never used. A run killed while
+    fine-tuning leaves `<key>.work/` with its checkpoints, and the next run resumes from there."""
+    key = teacher_cache_key(config, task, source, cache_dir / "hashes")
+    teachers = cache_dir / "teachers"
+    cached, work = teachers / key, teachers / f"{key}.work"
     info = {"source": config.teacher.path, "finetuned": True, "reused_cache": False, "cache_key": key,
             "cache_dir": str(cached)}
-    if (cached / "config.json").is_file():
-        logger.info("reusing the cached fine-tuned teacher %s (key %s)", cached, key)
-        attn = "eager" if needs_attentions else None
-        teacher, _ = load_model(task.auto_class(), str(cached), {}, attn)
-        info["reused_cache"] = True
-        return teacher, str(cached), info
-    logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
-    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
-                  teacher_needs=None)
-    run_stage(
-        stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
-        cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
-        batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
-        learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
-    )
-    if is_main_process():
-        with atomic_dir(cached) as tmp:
-            teacher.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        shutil.rmtree(cache_dir / "teachers" / f"{key}.work", ignore_errors=True)
-    barrier()
+    attn = "eager" if needs_attentions else None
+    load = {"trust_remote_code": config.teacher.trust_remote_code}
+    lock = file_lock(teachers / f"{key}.lock", f"waiting for another run fine-tuning the same teacher ({key})")
+    with lock if is_main_process() else nullcontext():
+        if _agree(read_seal(cached) is not None):
+            logger.info("reusing the cached fine-tuned teacher %s (key %s)", cached, key)
+            info["reused_cache"] = True
+            if is_main_process():
+                remove_dir(work)  # a run killed after caching the teacher, before removing its work folder
+        else:
+            logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
+            if is_main_process():
+                remove_leftovers(teachers, key)  # of a run killed while writing this entry
+            stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                          teacher_needs=None)
+            run_stage(
+                stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer),
+                config, work, task.label_keys, resume=True,
+                batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
+                learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
+            )
+            if is_main_process():
+                with atomic_dir(cached) as tmp:  # replaces an unsealed (damaged) folder, if any
+                    teacher.save_pretrained(tmp)
+                    killpoint.hit("teacher-cache")
+                    tokenizer.save_pretrained(tmp)
+                    seal_dir(tmp, {"key": key, "source": config.teacher.path})
+                killpoint.hit("teacher-cached")
+                remove_dir(work)
+            barrier()
+    # Every run goes on with the teacher as cached: the same object (weights, config, name) whether this
+    # run fine-tuned it or found it, so what follows (the teacher-output cache key included) is the same.
+    teacher, _ = load_model(task.auto_class(), str(cached), {}, attn, **load)
     return teacher, str(cached), info
+
+
+def save_student(student, tokenizer, extras: dict, output: Path) -> None:
+    """The student folder and the extra modules, each written to a temporary name and renamed into place."""
+    with atomic_dir(output / "student") as tmp:
+        student.save_pretrained(tmp)
+        killpoint.hit("student-save")
+        tokenizer.save_pretrained(tmp)
+    for name, module in extras.items():
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        path = output / "extras" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        save_file(state, str(path.with_name(f".tmp-{path.name}")))
+        os.replace(path.with_name(f".tmp-{path.name}"), path)
+        killpoint.hit("extras-save")
+
+
+def clean_interrupted_writes(output: Path) -> None:
+    """Remove what a killed run's atomic writes left in the output folder (`.tmp-*`, `.old-*`)."""
+    for folder in (output, output / "extras"):
+        for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for path in folder.glob(".old-*") if folder.is_dir() else []:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
@@ -247,7 +345,8 @@ def recipe_context(config: ExperimentConfig, task: Task, teacher, student, token
 
     def load_pretrained_teacher():
         if "model" not in loaded:
-            loaded["model"] = freeze(load_model(task.auto_class(), source, task.model_kwargs())[0])
+            loaded["model"] = freeze(load_model(task.auto_class(), source, task.model_kwargs(),
+                                                  **teacher_load_kwargs(config, source))[0])
         return loaded["model"]
 
     return RecipeContext(config=config, task=task, teacher=teacher, student=student, tokenizer=tokenizer,
@@ -323,10 +422,13 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     rcls = recipe_class(config.recipe.name)
     needs_attentions = getattr(rcls, "needs_attentions", False)
     teacher, tokenizer, source, needs_finetune = load_teacher(config, task, cache_dir, needs_attentions)
-    load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs())[0]  # noqa: E731
+    load = teacher_load_kwargs(config, source)
+    load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs(), **load)[0]  # noqa: E731
+    remote = config.teacher.trust_remote_code
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                         task.model_kwargs())
-    student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
+                                         task.model_kwargs(), remote)
+    student_tokenizer = load_tokenizer(config.student.path, "student.path", trust_remote_code=remote) \
+        if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
     check_cache_settings(config, teacher, cache_dir)
@@ -347,6 +449,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if not cache_only:
         if is_main_process():
             run_record = prepare_output(output, overwrite, full_config, data, previous, __version__)
+            if previous is not None:
+                clean_interrupted_writes(output)  # what a killed run's atomic writes left
         barrier()
         output.mkdir(parents=True, exist_ok=True)
     teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
@@ -360,7 +464,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     set_seed(config.training.seed)
     if needs_finetune and config.student.path is None and config.student.config is None:
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                             task.model_kwargs())
+                                             task.model_kwargs(), remote)
     set_seed(config.training.seed)
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
@@ -388,14 +492,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
 
     student_dir = output / "student"
     if is_main_process():
-        with atomic_dir(student_dir) as tmp:
-            student.save_pretrained(tmp)
-            student_tokenizer.save_pretrained(tmp)
-        extras = recipe.extra_outputs()
-        for name, module in extras.items():
-            (output / "extras").mkdir(exist_ok=True)
-            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            save_file(state, str(output / "extras" / f"{name}.safetensors"))
+        save_student(student, student_tokenizer, recipe.extra_outputs(), output)
     barrier()
     if not is_main_process():
         return Result({}, output, student_dir, {})
@@ -430,11 +527,11 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     return Result(report, output, student_dir, paths)
 
 
-def _load_for_eval(model_path: str, task: Task, key: str):
+def _load_for_eval(model_path: str, task: Task, key: str, trust_remote_code: bool = False):
     """A saved HF model folder, as the task's head, on the CPU; (model, tokenizer)."""
-    tokenizer = load_tokenizer(model_path, key)
-    task.bind(load_config_of(model_path))
-    model, missing = load_model(task.auto_class(), model_path, {}, key=key)
+    tokenizer = load_tokenizer(model_path, key, trust_remote_code=trust_remote_code)
+    task.bind(load_config_of(model_path, trust_remote_code=trust_remote_code, key=key))
+    model, missing = load_model(task.auto_class(), model_path, {}, key=key, trust_remote_code=trust_remote_code)
     if missing:
         raise ConfigError(f"{key}: {model_path} has no trained head for this task ({len(missing)} weights missing)")
     return model.eval(), tokenizer
@@ -481,7 +578,7 @@ def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str 
         model, tokenizer = _load_onnx_for_eval(model_path, task, threads, "MODEL")
         models["model"] = (model, model_path, tokenizer)
     else:
-        model, tokenizer = _load_for_eval(model_path, task, "MODEL")
+        model, tokenizer = _load_for_eval(model_path, task, "MODEL", config.teacher.trust_remote_code)
         models["model" if compare_onnx is None else "pytorch"] = (model, model_path, tokenizer)
     if compare_onnx is not None:
         exported, exported_tokenizer = _load_onnx_for_eval(compare_onnx, task, threads, "--compare-onnx")

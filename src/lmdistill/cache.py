@@ -58,6 +58,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
+from lmdistill import killpoint
 from lmdistill.models.features import Features, TopKLogits, batch_mask
 
 logger = logging.getLogger("lmdistill")
@@ -382,6 +383,7 @@ def fill_pass(teacher, forward, dataset, collator, needs, fields: list[str], fol
                 kinds[name] = "token"
             for b, row in enumerate(chunk):
                 writers[name].add(int(row), per_row[b], counts[b] if kinds[name] == "token" else 1)
+        killpoint.hit("cache-batch")
     for name, writer in writers.items():
         writer.flush()
         kinds.setdefault(name, "token" if not name.startswith("logits") else "example")
@@ -488,6 +490,8 @@ def _build(teacher, forward, dataset, collator, needs, fields, entry: Path, top_
     """Fill `fields` into a temporary folder beside the entry, then publish each field by renaming."""
     entry.mkdir(parents=True, exist_ok=True)
     if rank == 0:
+        for stale in entry.glob(".tmp-*"):  # of a killed pass; this run holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry))
         names = [str(staging)]
     else:
@@ -519,6 +523,7 @@ def _build(teacher, forward, dataset, collator, needs, fields, entry: Path, top_
                 if target.exists():
                     shutil.rmtree(target)  # an unpublished leftover (no meta.json) of a killed pass
                 os.replace(folder, target)
+                killpoint.hit("cache-publish")
     finally:
         if rank == 0:
             shutil.rmtree(staging, ignore_errors=True)

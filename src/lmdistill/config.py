@@ -64,6 +64,8 @@ class TeacherConfig(Strict):
 
     path: Text = "minilm"  # `minilm` (packaged MiniLM-L6), `smollm2` (packaged SmolLM2-135M), a folder or a hub name
     gguf_file: Text | None = None  # load a GGUF checkpoint from `path` (converted once, then cached)
+    revision: Text | None = None  # hub teachers: a branch, tag or commit (default: the hub's `main`)
+    trust_remote_code: bool = False  # run model code shipped with the checkpoint (teacher, student, tokenizer)
     finetune: Literal["auto", "always", "never"] = "auto"  # auto: fine-tune when the task head is untrained
     epochs: Float = Field(2.0, gt=0)
     learning_rate: Float = Field(5.0e-5, gt=0, le=1)

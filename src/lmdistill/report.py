@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmdistill import killpoint
 from lmdistill.io_utils import atomic_write_json, atomic_write_text
 
 
@@ -59,10 +60,9 @@ def markdown_table(report: dict) -> str:
 
 
 def write_report(report: dict, output: Path) -> dict[str, Path]:
-    """Write the three report files atomically; return their paths."""
+    """Write the three report files, each atomically, report.json last; return their paths."""
     output.mkdir(parents=True, exist_ok=True)
     paths = {"json": output / "report.json", "md": output / "report.md", "png": output / "tradeoff.png"}
-    atomic_write_json(paths["json"], report)
     title = f"# lmdistill report: {report['recipe']} on {report['task']}\n\n"
     details = (
         f"\n\nStudent: {report.get('student_description', '')}. Latency: median of repeated forward passes at "
@@ -70,8 +70,11 @@ def write_report(report: dict, output: Path) -> dict[str, Path]:
         "threads, same inputs for both models.\n"
     )
     atomic_write_text(paths["md"], title + markdown_table(report) + details)
+    killpoint.hit("report")
     plot_tradeoff([("teacher", report["teacher"]), ("student", report["student"])], paths["png"],
                   title=f"{report['recipe']} on {report['task']}")
+    killpoint.hit("report")
+    atomic_write_json(paths["json"], report)  # last: a report.json means the run has finished
     return paths
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdistill.errors import ConfigError
-from lmdistill.io_utils import atomic_write_json, hash_files, hash_json
+from lmdistill.io_utils import atomic_write_json, files_fingerprint, hash_json
 
 MARKER = ".lmdistill-run.json"
 STAGE_RECORD = "lmdistill-stage.json"
@@ -85,7 +85,7 @@ def data_hashes(config, resolve) -> dict[str, str]:
     for key in ("train", "eval"):
         source = getattr(config.task, key)
         path = resolve(source)
-        hashes[f"task.{key}"] = hash_files([path]) if path is not None and path.is_file() else hash_json(source)
+        hashes[f"task.{key}"] = files_fingerprint([path]) if path is not None and path.is_file() else hash_json(source)
     return hashes
 
 

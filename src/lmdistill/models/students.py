@@ -61,7 +61,8 @@ def layer_subset(model: nn.Module, keep: list[int]) -> nn.Module:
     return student
 
 
-def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict):
+def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict,
+                  trust_remote_code: bool = False):
     """Return (student model, description).
 
     finetuned_teacher: the teacher as the recipe uses it (task head trained).
@@ -71,7 +72,8 @@ def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_c
     if cfg.path is not None:
         from lmdistill.models.teacher import load_model
 
-        student, missing = load_model(auto_class, cfg.path, model_kwargs, key="student.path")
+        student, missing = load_model(auto_class, cfg.path, model_kwargs, key="student.path",
+                                      trust_remote_code=trust_remote_code)
         return student, f"{cfg.path}" + (f" ({len(missing)} new weights)" if missing else "")
     if cfg.config is not None:
         base = finetuned_teacher.config.to_dict()
