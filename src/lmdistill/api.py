@@ -173,6 +173,14 @@ def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq
     return entries
 
 
+def check_length_bench(config: ExperimentConfig, student) -> None:
+    """bench.keep_ratios / bench.length_search need a student with a prunable implementation."""
+    if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):
+        from lmdistill.models.pruning import check_supported
+
+        check_supported(student, "bench.keep_ratios" if config.bench.keep_ratios else "bench.length_search")
+
+
 def _batch_maker(task: Task, tokenizer, model):
     return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
@@ -218,6 +226,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs())[0]  # noqa: E731
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                          task.model_kwargs())
+    student = rcls.prepare_student(student, config)
+    check_length_bench(config, student)
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
@@ -236,6 +246,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if needs_finetune and config.student.path is None and config.student.config is None:
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                              task.model_kwargs())
+        student = rcls.prepare_student(student, config)
     set_seed(config.training.seed)
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
@@ -273,6 +284,10 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
                                     "student": (student, student_dir, student_tokenizer)},
                                    task, config, seq_len, threads)
     teacher_entry, student_entry = entries["teacher"], entries["student"]
+    if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):
+        from lmdistill.length_eval import measure_lengths
+
+        student_entry.update(measure_lengths(student, task, student_tokenizer, config, seq_len, threads))
     report = {
         "task": config.task.kind,
         "recipe": config.recipe.name,
@@ -292,17 +307,33 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     return Result(report, output, student_dir, paths)
 
 
-def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
-    """`lmdistill eval`: score and measure one saved model on the config's task."""
+def evaluate_model(model_path: str, config: ExperimentConfig, length_config=None) -> dict:
+    """`lmdistill eval`: score and measure one saved model on the config's task. With `length_config`
+    (a keep ratio or per-layer lengths, models/pruning.py) the model runs pruned: a plain BERT/RoBERTa
+    is converted to its prunable class (same weights); peak memory is then not measured (it loads the
+    saved folder as it is)."""
+    from lmdistill.models import pruning
+
     task = build_task(config.task, config.search_dirs)
     tokenizer = load_tokenizer(model_path, "MODEL")
     task.bind(load_config_of(model_path))
     model, missing = load_model(task.auto_class(), model_path, {}, key="MODEL")
     if missing:
         raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")
+    if length_config is not None:
+        key = "--keep-ratio" if isinstance(length_config, (int, float)) else "--length-config"
+        spec = pruning.check_length_config(length_config, model.config.num_hidden_layers, key)
+        pruning.check_supported(model, key, role="model")
+        model = pruning.to_prunable(model, spec)
+        config.bench.memory = False
     model.eval()
     threads = config.bench.num_threads or torch.get_num_threads()
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
     entry = evaluate_and_measure({"model": (model, model_path, tokenizer)}, task, config, seq_len, threads)["model"]
     entry["bench"] = {"seq_len": seq_len, "threads": threads}
+    if pruning.is_prunable(model):
+        spec = model.base_model.default_length_config()
+        entry["length_config"] = list(spec) if isinstance(spec, tuple) else (spec or 1.0)
+        entry["lengths"] = pruning.resolve_lengths(spec, seq_len, model.config.num_hidden_layers,
+                                                   model.config.min_tokens)
     return entry

@@ -72,6 +72,8 @@ def _status_mb(field: str) -> float:
 def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) -> None:
     import transformers
 
+    import lmdistill.models.pruning  # noqa: F401  registers the prunable (token-dropping) classes
+
     torch.set_num_threads(threads)
     auto_class = getattr(transformers, class_name)
     # Import the model's code before the baseline, so only weights and activations are counted.

@@ -52,8 +52,30 @@ def cmd_eval(args) -> None:
     from lmdistill.config import load_config
 
     config = load_config(args.config, args.set)
-    entry = evaluate_model(args.model, config)
+    entry = evaluate_model(args.model, config, _length_option(args))
     print(json.dumps(entry, indent=2))
+
+
+def _length_option(args):
+    """--keep-ratio R or --length-config L1,L2,... (token counts, or fractions of the input length)."""
+    import yaml
+
+    from lmdistill.errors import ConfigError
+    from lmdistill.models.pruning import check_keep_ratio
+
+    if args.keep_ratio is not None and args.length_config is not None:
+        raise ConfigError("--keep-ratio and --length-config: give one of them")
+    if args.keep_ratio is not None:
+        return check_keep_ratio(args.keep_ratio, "--keep-ratio")
+    if args.length_config is not None:
+        try:
+            values = yaml.safe_load(f"[{args.length_config.strip('[]')}]")
+        except yaml.YAMLError:
+            values = None
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"--length-config: '{args.length_config}' is not a comma-separated list of lengths")
+        return values
+    return None
 
 
 def cmd_demo(args) -> None:
@@ -83,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model")
     evaluate.add_argument("--config", required=True)
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE")
+    evaluate.add_argument("--keep-ratio", type=float, metavar="R",
+                          help="run the model with token pruning at this keep ratio per layer, in (0, 1]")
+    evaluate.add_argument("--length-config", metavar="L1,L2,...",
+                          help="tokens kept after each layer (integers) or fractions of the input length")
     evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="MiniLM-L6 teacher -> 3-layer student on SST-2 with kd")

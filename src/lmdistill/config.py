@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lmdistill.errors import ConfigError
 
@@ -102,6 +102,22 @@ class TrainingConfig(Strict):
     cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
 
 
+class LengthSearchConfig(Strict):
+    """LAT-style evolutionary search of per-layer lengths (fractions of the input length) on the Pareto
+    front of search score vs FLOPs; the score is measured on `samples` training examples, so the eval
+    set stays unselected. See lmdistill.length_eval.search_lengths."""
+
+    iterations: int = Field(6, ge=0)
+    population: int = Field(10, ge=2)  # the initial population (keep ratios, then random genes)
+    mutations: int = Field(8, ge=0)  # per iteration
+    crossovers: int = Field(8, ge=0)
+    mutation_prob: float = Field(0.5, gt=0, le=1)
+    samples: int = Field(1000, ge=1)
+    step: float = Field(0.05, gt=0, le=0.5)  # the grid of fractions
+    report: int = Field(6, ge=1)  # Pareto configurations measured on the eval set and for latency
+    seed: int = 0
+
+
 class BenchConfig(Strict):
     """How teacher and student are measured. Both get exactly the same settings."""
 
@@ -113,6 +129,19 @@ class BenchConfig(Strict):
     warmup: int = 3
     num_threads: int | None = None  # default: torch's current thread count
     memory: bool = True  # peak memory, measured in a fresh process per model
+    # Token pruning (a prunable student: recipe lad / lengthdrop, or a plain BERT/RoBERTa student converted
+    # for the measurement): score and latency at each keep ratio (lmdistill.length_eval); report.json's
+    # student.pruning. length_search: a LAT-style evolutionary search of per-layer lengths.
+    keep_ratios: list[float] | None = None
+    length_search: LengthSearchConfig | None = None
+
+    @field_validator("keep_ratios")
+    @classmethod
+    def _keep_ratios(cls, value):
+        for ratio in value or []:
+            if not 0 < ratio <= 1:
+                raise ValueError(f"{ratio} is not a keep ratio; give numbers in (0, 1]")
+        return value
 
 
 class RecipeConfig(Strict):

@@ -151,6 +151,12 @@ class Recipe:
         self.settings = settings
         self.context = context
 
+    @classmethod
+    def prepare_student(cls, student: nn.Module, config: ExperimentConfig) -> nn.Module:
+        """The student this recipe trains, from the one the config built (default: unchanged). Called
+        before anything is written; e.g. lad swaps in the prunable class with the same weights."""
+        return student
+
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
