@@ -185,7 +185,7 @@ def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def select_kept(scores: torch.Tensor, length: int) -> torch.Tensor:
     """Indices [B, length] of the first token plus the length - 1 best others, in their original order."""
     rest = scores[:, 1:].topk(length - 1, dim=1).indices + 1
-    first = torch.zeros_like(rest[:, :1])
+    first = rest.new_zeros(rest.shape[0], 1)
     return torch.cat([first, rest], dim=1).sort(dim=1).values
 
 

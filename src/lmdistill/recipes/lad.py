@@ -173,14 +173,14 @@ class LADRecipe(Recipe):
     def prepare_student(cls, student: nn.Module, config) -> nn.Module:
         check_length_config(config.recipe.default_length_config, student.config.num_hidden_layers,
                             "recipe.default_length_config")
-        return to_prunable(student, config.recipe.default_length_config, config.recipe.min_tokens, key="student")
+        return to_prunable(student, config.recipe.default_length_config, config.recipe.min_tokens, key="recipe 'lad'")
 
     def __init__(self, settings: LADSettings, context):
         super().__init__(settings, context)
         kind = context.config.task.kind
         if kind not in KINDS:
             raise ConfigError(f"recipe.name: 'lad' supports the task kinds {', '.join(KINDS)}, not '{kind}'")
-        check_encoder(context.teacher, "teacher.path", "teacher")
+        check_encoder(context.teacher, "recipe 'lad'", "teacher")
         student, teacher = context.student, context.teacher
         self.student_layers = student.config.num_hidden_layers
         self.teacher_layers = teacher.config.num_hidden_layers

@@ -48,7 +48,7 @@ class LengthDropRecipe(Recipe):
 
     @classmethod
     def prepare_student(cls, student, config):
-        return to_prunable(student, min_tokens=config.recipe.min_tokens, key="student")
+        return to_prunable(student, min_tokens=config.recipe.min_tokens, key="recipe 'lengthdrop'")
 
     def __init__(self, settings, context):
         super().__init__(settings, context)
