@@ -287,7 +287,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):
         from lmdistill.length_eval import measure_lengths
 
-        student_entry.update(measure_lengths(student, task, student_tokenizer, config, seq_len, threads))
+        student_entry.update(measure_lengths(student, task, student_tokenizer, config, seq_len, threads,
+                                             tuple(config.bench.pruning_seq_lens)))
     report = {
         "task": config.task.kind,
         "recipe": config.recipe.name,

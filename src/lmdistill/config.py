@@ -134,6 +134,7 @@ class BenchConfig(Strict):
     # student.pruning. length_search: a LAT-style evolutionary search of per-layer lengths.
     keep_ratios: list[float] | None = None
     length_search: LengthSearchConfig | None = None
+    pruning_seq_lens: list[int] = []  # their latency also at these lengths (e.g. [128]): latency_ms_at
 
     @field_validator("keep_ratios")
     @classmethod

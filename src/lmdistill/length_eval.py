@@ -21,7 +21,6 @@ import random
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from lmdistill import bench
 from lmdistill.models.pruning import check_length_config, is_prunable, resolve_lengths, to_prunable
@@ -57,10 +56,11 @@ def score_at(model: nn.Module, task, tokenizer, length_config, dataset=None, bat
     with the examples grouped by exact length (see the module docstring)."""
     dataset = dataset if dataset is not None else task.eval_dataset(tokenizer, model.config)
     keep = [c for c in dataset.column_names if not c.startswith("_")]
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    columns = dataset.select_columns(keep).to_dict()
+    rows = [{c: columns[c][i] for c in keep} for i in range(len(dataset))]
     groups: dict[int, list[int]] = {}
-    for index, length in enumerate(lengths):
-        groups.setdefault(length, []).append(index)
+    for index, row in enumerate(rows):
+        groups.setdefault(len(row["input_ids"]), []).append(index)
     collate = task.collator(tokenizer)
     wrapped = LengthConfigured(model, length_config)
     device = next(model.parameters()).device
@@ -68,15 +68,11 @@ def score_at(model: nn.Module, task, tokenizer, length_config, dataset=None, bat
     model.eval()
     items: list = [None] * len(dataset)
     for indices in groups.values():
-        subset = dataset.select(indices).select_columns(keep)
-        loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate)
-        position = 0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            count = batch["input_ids"].shape[0]
-            for offset, item in enumerate(_split(task.eval_step(wrapped, batch), count)):
-                items[indices[position + offset]] = item
-            position += count
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
+            for index, item in zip(chunk, _split(task.eval_step(wrapped, batch), len(chunk))):
+                items[index] = item
     model.train(was_training)
     outputs = [np.stack(items)] if isinstance(items[0], np.ndarray) else [items]
     metrics = task.compute_metrics(outputs, dataset, None)
@@ -189,7 +185,8 @@ def search_lengths(model, task, tokenizer, settings, batch: dict) -> list[dict]:
 def measure_lengths(student: nn.Module, task, tokenizer, config, seq_len: int, threads: int,
                     extra_seq_lens: tuple[int, ...] = ()) -> dict:
     """report.json's student.pruning (and student.length_search): see the module docstring.
-    `extra_seq_lens`: latency also at these lengths (entry["latency_ms_at"][str(length)])."""
+    `extra_seq_lens`: latency, lengths and GFLOPs also at these input lengths (entry["latency_ms_at"],
+    ["lengths_at"], ["gflops_batch1_at"], keyed by str(length))."""
     model = student if is_prunable(student) else to_prunable(student)
     model.eval()
     layers = model.config.num_hidden_layers
@@ -221,6 +218,8 @@ def measure_lengths(student: nn.Module, task, tokenizer, config, seq_len: int, t
             for index, (_, entry, spec) in enumerate(entries):
                 entry.setdefault("latency_ms_at", {})[str(length)] = at[str(index)]
                 entry.setdefault("lengths_at", {})[str(length)] = resolve_lengths(spec, length, layers, min_tokens)
+                entry.setdefault("gflops_batch1_at", {})[str(length)] = round(
+                    gflops_at(model, make_batch(1, length), spec), 5)
         for index, (_, entry, _) in enumerate(entries):
             entry["latency_ms"] = latency[str(index)]
     return results

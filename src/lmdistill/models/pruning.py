@@ -178,7 +178,8 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention received: probs [B, heads, Lq, Lk] summed over heads and real query rows -> [B, Lk];
     padding keys score -1, below every real token."""
-    received = torch.einsum("bhqk,bq->bk", probs, mask.to(probs.dtype))
+    weights = mask.to(probs.dtype)[:, None, None, :].expand(-1, probs.shape[1], 1, -1)
+    received = torch.matmul(weights, probs).sum(dim=(1, 2))  # one pass over the probabilities, as a matmul
     return received.masked_fill(mask == 0, -1.0)
 
 
@@ -201,12 +202,15 @@ def layer_forward(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, ke
     heads, head_dim = attn.num_attention_heads, attn.attention_head_size
     split = lambda x: x.view(batch, length, heads, head_dim).transpose(1, 2)  # noqa: E731
     q, k, v = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
-    bias = additive_mask(mask, q.dtype)
+    padded = not bool(mask.all())
+    bias = additive_mask(mask, q.dtype) if padded else None  # without padding the bias is 0: skip the add
     prune = keep is not None and keep < length
     dropout = attn.dropout.p if attn.training else 0.0
     out = {"index": None}
     if prune or want_scores or want_probs:
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling + bias
+        scores = torch.matmul(q * attn.scaling, k.transpose(-1, -2))  # scaling q: fewer products than the scores
+        if padded:
+            scores = scores + bias
         probs = scores.softmax(dim=-1)
         context = torch.matmul(F.dropout(probs, dropout, attn.training), v)
         if want_scores:

@@ -41,6 +41,10 @@ that the student ends as a classifier (ours, not in LAD's released code):
 
 Token classification uses the same losses: KD per token on the restored outputs.
 
+`task_stage: false` stops after stage 1: the saved student is then a task-agnostic general student
+(its task head untrained) that later runs can start from (`student: {path: ...}`, no corpus), as LAD
+makes one general student for every task. `dense_last` then restarts as the identity.
+
 Differences from the official code, all ours: the student here starts from teacher layers (LAD's
 starts from random initialisation); `dense_last`/`dense_reconstruct` start as the identity when the
 widths match; significance sums over real query rows only; kept tokens stay in their original order
@@ -88,6 +92,7 @@ class LADSettings(RecipeConfig):
     general_epochs: float = Field(1.0, gt=0)
     general_learning_rate: float | None = Field(None, gt=0)  # None: training.learning_rate
     general_drop_ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    task_stage: bool = True  # False: stop after the general stage (a task-agnostic student for student.path)
     task_epochs: float | None = Field(None, gt=0)  # None: training.epochs
     task_learning_rate: float | None = Field(None, gt=0)
     task_drop_ratios: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
@@ -333,6 +338,10 @@ class LADRecipe(Recipe):
                 data=self.general_data(), labels=False, teacher=pretrained, teacher_id=context.pretrained_teacher_id,
                 student_forward=self.general_student_forward, teacher_forward=self.general_teacher_forward,
                 epochs=s.general_epochs, learning_rate=s.general_learning_rate))
+        if not s.task_stage:
+            if not stages:
+                raise ConfigError("recipe.task_stage: false needs recipe.corpus (there would be no stage at all)")
+            return stages
         train_size = len(context.task.train_dataset(context.tokenizer, context.student.config))
         batch = context.config.training.batch_size
         queue_size = max(1, min(s.sentence_queue_size, train_size - batch))
