@@ -128,6 +128,9 @@ def test_lad_runs_both_stages_on_real_text(lad_run):
     for summary in result.report["stages"]:
         assert summary["steps"] > 0 and all(math.isfinite(loss) for _, loss in summary["loss_curve"])
     general, task = records["general"], records["task"]
+    # the general stage reads the teacher's attention scores and q/k: always live; the task stage is cached
+    summaries = {s["stage"]: s for s in result.report["stages"]}
+    assert "teacher_cache" not in summaries["general"] and summaries["task"]["teacher_cache"]["status"] == "built"
     # stage 1 reads the corpus without labels, from the pretrained teacher; stage 2 the fine-tuned one
     assert general["stage"].data.name == "corpus" and not general["stage"].labels
     assert general["stage"].teacher is not general["pipeline_teacher"]

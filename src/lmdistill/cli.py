@@ -1,4 +1,4 @@
-"""Command line: `lmdistill run | eval | demo`. Thin: parse, call lmdistill.api, print.
+"""Command line: `lmdistill run | eval | cache | demo`. Thin: parse, call lmdistill.api, print.
 
 A user error (ConfigError, DataError, TrainingError) prints one line to stderr and exits with 2.
 """
@@ -78,6 +78,17 @@ def _length_option(args):
     return None
 
 
+def cmd_cache(args) -> None:
+    from lmdistill.api import fill_cache
+
+    for entry in fill_cache(args.config, overrides=args.set):
+        if entry["status"] == "live":
+            print(f"stage {entry['stage']}: not cacheable (the teacher runs live)")
+        else:
+            print(f"stage {entry['stage']}: {entry['status']} {entry['folder']} ({', '.join(entry['fields'])}; "
+                  f"{entry['size_mb']} MB)")
+
+
 def cmd_demo(args) -> None:
     from lmdistill.api import distill
 
@@ -110,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--length-config", metavar="L1,L2,...",
                           help="tokens kept after each layer (integers) or fractions of the input length")
     evaluate.set_defaults(func=cmd_eval)
+
+    cache = sub.add_parser("cache", help="fill the teacher-output cache of a config without training")
+    cache.add_argument("config")
+    cache.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    cache.set_defaults(func=cmd_cache)
 
     demo = sub.add_parser("demo", help="MiniLM-L6 teacher -> 3-layer student on SST-2 with kd")
     demo.add_argument("--output", default="runs/demo")

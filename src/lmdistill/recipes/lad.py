@@ -337,6 +337,7 @@ class LADRecipe(Recipe):
                 student_needs=Needs(logits=False), teacher_needs=Needs(logits=False, hidden_states=(self.teacher_layers - 1, self.teacher_layers)),
                 data=self.general_data(), labels=False, teacher=pretrained, teacher_id=context.pretrained_teacher_id,
                 student_forward=self.general_student_forward, teacher_forward=self.general_teacher_forward,
+                cache_teacher=False,  # the loss reads the teacher's attention scores and q/k (Features.extras)
                 epochs=s.general_epochs, learning_rate=s.general_learning_rate))
         if not s.task_stage:
             if not stages:
