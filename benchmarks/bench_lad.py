@@ -237,6 +237,60 @@ def plot(args, path: Path) -> None:
     print(f"curve written to {path}")
 
 
+def speed(args) -> str:
+    """The pruned forward's own speed: an (untrained) 3-layer student cut from MiniLM-L6 at each keep ratio,
+    against the plain transformers model, side by side, on real SST-2 text of fixed lengths. Latency does
+    not depend on the weights, so no training is needed. Writes benchmarks/results/lad/speed-t<threads>.json."""
+    common._import_lmdistill()
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from lmdistill import bench
+    from lmdistill.config import TaskConfig
+    from lmdistill.length_eval import LengthConfigured
+    from lmdistill.models.pruning import resolve_lengths, to_prunable
+    from lmdistill.models.students import layer_subset
+    from lmdistill.models.teacher import SHORTCUTS, _package_dir
+    from lmdistill.tasks import build_task
+
+    folder = _package_dir(SHORTCUTS["minilm"][0]) / "model"
+    plain = layer_subset(BertForSequenceClassification.from_pretrained(folder, num_labels=2), [0, 2, 4]).eval()
+    prunable = to_prunable(plain).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    spec = dict(common.TASKS["sst2"], train=str(common.REPO / "data/sst2/train.tsv"),
+                eval=str(common.REPO / "data/sst2/dev.tsv"))
+    task = build_task(TaskConfig(**{**spec, "max_length": 128}), [])
+    task.bind(plain.config)
+    make_batch = lambda size, length: task.bench_batch(tokenizer, size, length, plain.config)  # noqa: E731
+    threads = args.threads or torch.get_num_threads()
+    record = {"threads": threads, "model": "MiniLM-L6 layers [0, 2, 4] (prunable-bert)", "lengths": {}}
+    lines = [f"| input tokens | model | lengths | GFLOPs (b=1) | FLOP ratio | b1 ms | b32 ms | speed-up b32 | "
+             "speed-up / FLOP ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for length in args.speed_lengths:
+        contenders = {"plain": (plain, make_batch)}
+        contenders.update({f"r={r:g}": (LengthConfigured(prunable, r), make_batch) for r in KEEP_RATIOS})
+        latency = bench.compare_latency(contenders, [1, 32], length, 10, 2, threads, rounds=5)
+        one = make_batch(1, length)
+        flops = {name: bench.forward_gflops(model, one) for name, (model, _) in contenders.items()}
+        rows = record["lengths"][str(length)] = {}
+        for name in contenders:
+            ratio = flops["r=1"] / flops[name]
+            speedup = latency["r=1"]["batch32"] / latency[name]["batch32"]
+            lens = resolve_lengths(None if name == "plain" else float(name[2:]), length, 3)
+            rows[name] = {"gflops_batch1": round(flops[name], 5), "latency_ms": latency[name], "lengths": lens,
+                          "flop_ratio": round(ratio, 3), "speedup_batch32": round(speedup, 3)}
+            lines.append(f"| {length} | {name if name == 'plain' else 'prunable ' + name} | {lens} | "
+                         f"{flops[name]:.4f} | {ratio:.2f} | {latency[name]['batch1']:.1f} | "
+                         f"{latency[name]['batch32']:.1f} | {speedup:.2f} | {speedup / ratio:.2f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"speed-t{threads}.json").write_text(json.dumps(record, indent=1))
+    caption = (f"\nMiniLM-L6 layers [0, 2, 4] (3 layers, 384 wide, 12 heads), real SST-2 dev text cut or extended to "
+               f"exactly the input length, {threads} thread(s), CPU; median over 5 interleaved rounds of the median of 10 "
+               f"(batch 1) / 3 (batch 32) forward passes. FLOP ratio: GFLOPs at keep ratio 1 / GFLOPs at r "
+               f"(torch.utils.flop_counter, matmuls). 'plain' is transformers' BertForSequenceClassification (SDPA).")
+    return "\n".join(lines) + caption
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[-1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,8 +306,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-train-samples", type=int, default=None, help="tiny check runs (key tag -n<N>)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="key tag -v<N>")
     p.add_argument("--plot", action="store_true", help="write benchmarks/results/lad-curve.png")
+    p.add_argument("--speed", action="store_true", help="only the pruned forward's speed (no training), see speed()")
+    p.add_argument("--speed-lengths", nargs="+", type=int, default=[25, 128])
     common.add_mode_flags(p)
     args = p.parse_args(argv)
+    if args.speed:
+        text = speed(args)
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text + "\n")
+        return 0
     runs = plan(args)
     failed = []
     if not args.table_only:
