@@ -314,6 +314,12 @@ def _runtime(onnx: bool) -> str:
 
         return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
     return f"pytorch {torch.__version__}"
+def check_length_bench(config: ExperimentConfig, student) -> None:
+    """bench.keep_ratios / bench.length_search need a student with a prunable implementation."""
+    if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):
+        from lmdistill.models.pruning import check_supported
+
+        check_supported(student, "bench.keep_ratios" if config.bench.keep_ratios else "bench.length_search")
 
 
 def _batch_maker(task: Task, tokenizer, model):
@@ -427,6 +433,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     remote = config.teacher.trust_remote_code
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                          task.model_kwargs(), remote)
+    student = rcls.prepare_student(student, config)
+    check_length_bench(config, student)
     student_tokenizer = load_tokenizer(config.student.path, "student.path", trust_remote_code=remote) \
         if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
@@ -465,6 +473,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if needs_finetune and config.student.path is None and config.student.config is None:
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                              task.model_kwargs(), remote)
+        student = rcls.prepare_student(student, config)
     set_seed(config.training.seed)
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
@@ -504,6 +513,11 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
                                     "student": (student, student_dir, student_tokenizer)},
                                    task, config, seq_len, threads)
     teacher_entry, student_entry = entries["teacher"], entries["student"]
+    if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):
+        from lmdistill.length_eval import measure_lengths
+
+        student_entry.update(measure_lengths(student, task, student_tokenizer, config, seq_len, threads,
+                                             tuple(config.bench.pruning_seq_lens)))
     report = {
         "task": config.task.kind,
         "recipe": config.recipe.name,
@@ -555,19 +569,27 @@ def _load_onnx_for_eval(folder: str, task: Task, threads: int, key: str):
     return model, tokenizer
 
 
-def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str | None = None) -> dict:
+def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str | None = None,
+                   length_config=None) -> dict:
     """`lmdistill eval`: score and measure one saved model on the config's task.
 
     MODEL is a saved HF folder (PyTorch, on the GPU when there is one) or an `lmdistill export`
     folder (holds model.onnx: run by onnxruntime). With `compare_onnx` (an export folder of the
     same model), both are scored and measured side by side: returns {"pytorch": entry,
     "onnx": entry, "bench": ..., "onnx_speedup": {batchN: pytorch ms / onnx ms}}.
+
+    With `length_config` (a keep ratio or per-layer lengths, models/pruning.py) the PyTorch model runs
+    pruned: a plain BERT/RoBERTa is converted to its prunable class (same weights); peak memory is
+    then not measured (it loads the saved folder as it is).
     """
     from lmdistill.export import is_onnx_folder
+    from lmdistill.models import pruning
 
     task = build_task(config.task, config.search_dirs)
     threads = config.bench.num_threads or torch.get_num_threads()
     onnx_model = is_onnx_folder(model_path)
+    if length_config is not None and (onnx_model or compare_onnx is not None):
+        raise ConfigError("--keep-ratio / --length-config: token pruning runs in PyTorch only, not on an ONNX export")
     if compare_onnx is not None:
         if onnx_model:
             raise ConfigError(f"--compare-onnx: MODEL {model_path} is itself an ONNX export; give the PyTorch folder")
@@ -579,6 +601,12 @@ def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str 
         models["model"] = (model, model_path, tokenizer)
     else:
         model, tokenizer = _load_for_eval(model_path, task, "MODEL", config.teacher.trust_remote_code)
+        if length_config is not None:
+            key = "--keep-ratio" if isinstance(length_config, (int, float)) else "--length-config"
+            spec = pruning.check_length_config(length_config, model.config.num_hidden_layers, key)
+            pruning.check_supported(model, key, role="model")
+            model = pruning.to_prunable(model, spec).eval()
+            config.bench.memory = False
         models["model" if compare_onnx is None else "pytorch"] = (model, model_path, tokenizer)
     if compare_onnx is not None:
         exported, exported_tokenizer = _load_onnx_for_eval(compare_onnx, task, threads, "--compare-onnx")
@@ -587,7 +615,13 @@ def evaluate_model(model_path: str, config: ExperimentConfig, compare_onnx: str 
     seq_len = config.bench.seq_len or task.typical_length(tokenizer, model.config)
     entries = evaluate_and_measure(models, task, config, seq_len, threads)
     bench_info = {"seq_len": seq_len, "threads": threads}
-    if compare_onnx is None:
-        return {**entries["model"], "bench": bench_info}
-    return {"pytorch": entries["pytorch"], "onnx": entries["onnx"], "bench": bench_info,
-            "onnx_speedup": speedups(entries["pytorch"], entries["onnx"])}
+    if compare_onnx is not None:
+        return {"pytorch": entries["pytorch"], "onnx": entries["onnx"], "bench": bench_info,
+                "onnx_speedup": speedups(entries["pytorch"], entries["onnx"])}
+    entry = {**entries["model"], "bench": bench_info}
+    if pruning.is_prunable(model):
+        spec = model.base_model.default_length_config()
+        entry["length_config"] = list(spec) if isinstance(spec, tuple) else (spec or 1.0)
+        entry["lengths"] = pruning.resolve_lengths(spec, seq_len, model.config.num_hidden_layers,
+                                                   model.config.min_tokens)
+    return entry

@@ -111,6 +111,8 @@ def _status_mb(field: str) -> float:
 def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device: str, queue) -> None:
     import transformers
 
+    import lmdistill.models.pruning  # noqa: F401  registers the prunable (token-dropping) classes
+
     torch.set_num_threads(threads)
     if class_name == "onnx":
         from lmdistill.export import OnnxModel

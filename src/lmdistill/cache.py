@@ -427,6 +427,9 @@ def prepare(stage, teacher, dataset, collator, cache_root: Path, top_k: int, dty
     if needs.attentions:
         logger.info("stage %s: the teacher runs live (the cache stores no attentions)", stage.name)
         return None
+    if not stage.cache_teacher:
+        logger.info("stage %s: the teacher runs live (the stage reads outputs the cache does not store)", stage.name)
+        return None
     if stage.data is not None and not stage.data.static:
         logger.info("stage %s: the teacher runs live (its inputs change every epoch)", stage.name)
         return None

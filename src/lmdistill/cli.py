@@ -55,7 +55,7 @@ def cmd_eval(args) -> None:
     from lmdistill.config import load_config
 
     config = load_config(args.config, args.set)
-    entry = evaluate_model(args.model, config, compare_onnx=args.compare_onnx)
+    entry = evaluate_model(args.model, config, compare_onnx=args.compare_onnx, length_config=_length_option(args))
     if args.compare_onnx:
         from lmdistill.report import entries_table
 
@@ -72,6 +72,28 @@ def cmd_export(args) -> None:
     print(f"exported {args.model} -> {args.out}/model.onnx ({info['exporter']}, opset {info['opset']}"
           f"{', ' + args.quantize if args.quantize else ''}); max |onnx - pytorch| on "
           f"{info['check']['rows']} real rows: {diff:.2e}")
+
+
+def _length_option(args):
+    """--keep-ratio R or --length-config L1,L2,... (token counts, or fractions of the input length)."""
+    import yaml
+
+    from lmdistill.errors import ConfigError
+    from lmdistill.models.pruning import check_keep_ratio
+
+    if args.keep_ratio is not None and args.length_config is not None:
+        raise ConfigError("--keep-ratio and --length-config: give one of them")
+    if args.keep_ratio is not None:
+        return check_keep_ratio(args.keep_ratio, "--keep-ratio")
+    if args.length_config is not None:
+        try:
+            values = yaml.safe_load(f"[{args.length_config.strip('[]')}]")
+        except yaml.YAMLError:
+            values = None
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"--length-config: '{args.length_config}' is not a comma-separated list of lengths")
+        return values
+    return None
 
 
 def cmd_cache(args) -> None:
@@ -114,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE")
     evaluate.add_argument("--compare-onnx", metavar="EXPORT_DIR",
                           help="also score and measure this ONNX export of MODEL, side by side")
+    evaluate.add_argument("--keep-ratio", type=float, metavar="R",
+                          help="run the model with token pruning at this keep ratio per layer, in (0, 1]")
+    evaluate.add_argument("--length-config", metavar="L1,L2,...",
+                          help="tokens kept after each layer (integers) or fractions of the input length")
     evaluate.set_defaults(func=cmd_eval)
 
     export = sub.add_parser("export", help="export a saved model folder to ONNX (runs with onnxruntime alone)")

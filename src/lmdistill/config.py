@@ -173,6 +173,22 @@ class TrainingConfig(Strict):
         return value
 
 
+class LengthSearchConfig(Strict):
+    """LAT-style evolutionary search of per-layer lengths (fractions of the input length) on the Pareto
+    front of search score vs FLOPs; the score is measured on `samples` training examples, so the eval
+    set stays unselected. See lmdistill.length_eval.search_lengths."""
+
+    iterations: int = Field(6, ge=0)
+    population: int = Field(10, ge=2)  # the initial population (keep ratios, then random genes)
+    mutations: int = Field(8, ge=0)  # per iteration
+    crossovers: int = Field(8, ge=0)
+    mutation_prob: float = Field(0.5, gt=0, le=1)
+    samples: int = Field(1000, ge=1)
+    step: float = Field(0.05, gt=0, le=0.5)  # the grid of fractions
+    report: int = Field(6, ge=1)  # Pareto configurations measured on the eval set and for latency
+    seed: int = 0
+
+
 class BenchConfig(Strict):
     """How teacher and student are measured. Both get exactly the same settings."""
 
@@ -184,6 +200,20 @@ class BenchConfig(Strict):
     warmup: Int = Field(3, ge=0)
     num_threads: Int | None = Field(None, ge=1)  # default: torch's current thread count
     memory: bool = True  # peak memory, measured in a fresh process per model
+    # Token pruning (a prunable student: recipe lad / lengthdrop, or a plain BERT/RoBERTa student converted
+    # for the measurement): score and latency at each keep ratio (lmdistill.length_eval); report.json's
+    # student.pruning. length_search: a LAT-style evolutionary search of per-layer lengths.
+    keep_ratios: list[float] | None = None
+    length_search: LengthSearchConfig | None = None
+    pruning_seq_lens: list[int] = []  # their latency also at these lengths (e.g. [128]): latency_ms_at
+
+    @field_validator("keep_ratios")
+    @classmethod
+    def _keep_ratios(cls, value):
+        for ratio in value or []:
+            if not 0 < ratio <= 1:
+                raise ValueError(f"{ratio} is not a keep ratio; give numbers in (0, 1]")
+        return value
 
 
 class RecipeConfig(Strict):

@@ -7,10 +7,13 @@ from lmdistill.recipes.base import Recipe, RecipeContext, Stage
 from lmdistill.recipes.fcd import FCDRecipe
 from lmdistill.recipes.finetune import FinetuneRecipe
 from lmdistill.recipes.kd import KDRecipe
+from lmdistill.recipes.lad import LADRecipe
+from lmdistill.recipes.lengthdrop import LengthDropRecipe
 from lmdistill.recipes.lwd import LWDRecipe
 from lmdistill.recipes.ted import TEDRecipe
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe)}
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe,
+                                                      LADRecipe, LengthDropRecipe)}
 
 
 def register(recipe_class: type[Recipe]) -> type[Recipe]:

@@ -98,6 +98,8 @@ class Stage:
     student_forward: Callable | None = None  # (net, batch, needs) -> Features; None: one plain forward
     teacher_forward: Callable | None = None  # (teacher, batch, needs) -> Features, run under no_grad (and by
     #                                          the teacher-output cache's pass); None: one plain forward
+    cache_teacher: bool = True  # False: the teacher always runs live (e.g. a teacher_forward returning
+    #                             Features.extras, such as attention scores, which the cache does not store)
     epochs: float | None = None  # None: training.epochs
     learning_rate: float | None = None  # None: training.learning_rate
 
@@ -150,6 +152,12 @@ class Recipe:
     def __init__(self, settings: RecipeConfig, context: RecipeContext):
         self.settings = settings
         self.context = context
+
+    @classmethod
+    def prepare_student(cls, student: nn.Module, config: ExperimentConfig) -> nn.Module:
+        """The student this recipe trains, from the one the config built (default: unchanged). Called
+        before anything is written; e.g. lad swaps in the prunable class with the same weights."""
+        return student
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError
