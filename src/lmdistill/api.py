@@ -76,6 +76,7 @@ def load_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_at
     source = resolve_teacher(config.teacher, cache_dir)
     tokenizer = load_tokenizer(source)
     task.bind(load_config_of(source))
+    task.bind_tokenizer(tokenizer)
     attn = "eager" if needs_attentions else None
     teacher, missing = load_model(task.auto_class(), source, task.model_kwargs(), attn)
     needs_finetune = config.teacher.finetune == "always" or (
@@ -112,14 +113,15 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         info["reused_cache"] = True
         return teacher, str(cached), info
     logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
-    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
-                  teacher_needs=None)
+    stage = with_task_forward(Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                                    teacher_needs=None), task)
     run_stage(
         stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
         cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
         batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
         learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
     )
+    task.mark_finetuned(teacher)
     if is_main_process():
         with atomic_dir(cached) as tmp:
             teacher.save_pretrained(tmp)
@@ -127,6 +129,15 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         shutil.rmtree(cache_dir / "teachers" / f"{key}.work", ignore_errors=True)
     barrier()
     return teacher, str(cached), info
+
+
+def with_task_forward(stage: Stage, task: Task) -> Stage:
+    """A task that provides its own forward pass (prompt classification: class scores from the LM head)
+    makes it the default student and teacher forward of a stage that brings none."""
+    if task.model_forward is not None:
+        stage.student_forward = stage.student_forward or task.model_forward
+        stage.teacher_forward = stage.teacher_forward or task.model_forward
+    return stage
 
 
 def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
@@ -246,6 +257,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     collator = task.collator(student_tokenizer)
     summaries = []
     for index, stage in enumerate(recipe.stages(), start=1):
+        stage = with_task_forward(stage, task)
         net = student if stage.net == "student" else teacher
         summaries.append(run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset,
                                    collator, config, output / "stages", task.label_keys, resume))
@@ -253,6 +265,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
             freeze(teacher)
 
     student_dir = output / "student"
+    student_tokenizer = recipe.student_tokenizer(student_tokenizer)  # e.g. GLMD's compressed vocabulary
     if is_main_process():
         with atomic_dir(student_dir) as tmp:
             student.save_pretrained(tmp)
@@ -297,6 +310,7 @@ def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:
     task = build_task(config.task, config.search_dirs)
     tokenizer = load_tokenizer(model_path, "MODEL")
     task.bind(load_config_of(model_path))
+    task.bind_tokenizer(tokenizer)
     model, missing = load_model(task.auto_class(), model_path, {}, key="MODEL")
     if missing:
         raise ConfigError(f"MODEL: {model_path} has no trained head for this task ({len(missing)} weights missing)")

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from lmdistill.errors import ConfigError
 
-TaskKind = Literal["classification", "token-classification", "question-answering", "language-modeling"]
+TaskKind = Literal["classification", "token-classification", "question-answering", "language-modeling",
+                   "prompt-classification"]
 
 
 class Strict(BaseModel):
@@ -72,6 +73,9 @@ class TaskConfig(Strict):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     hub_subset: str | None = None  # hub datasets only: the configuration name (e.g. `sst2` of `glue`)
+    # prompt-classification: "{text} Sentiment:" ({text}: the text column; {mask}: the answer slot of a masked LM)
+    pattern: str | None = None
+    verbalizers: dict[str | int, str | list[str]] | None = None  # label -> its word(s), each one token
 
 
 class TrainingConfig(Strict):

@@ -158,6 +158,11 @@ class Recipe:
         """Modules to save next to the student for inspection (TED filters, projections)."""
         return {}
 
+    def student_tokenizer(self, tokenizer):
+        """The tokenizer saved with the student and used to evaluate it, after the stages ran
+        (GLMD: the compressed vocabulary's); default the teacher's."""
+        return tokenizer
+
 
 def task_loss(features: Features) -> torch.Tensor:
     if features.task_loss is None:
