@@ -83,12 +83,17 @@ class VocabMap:
         return path
 
     @classmethod
+    def from_substitutes(cls, kept_ids: torch.Tensor, substitutes: torch.Tensor, method: str = "dot") -> "VocabMap":
+        """From kept ids [K] (ascending) and the original substitute id of every original id [V]."""
+        kept_ids = torch.as_tensor(kept_ids, dtype=torch.long)
+        new_of_kept = torch.full((len(substitutes),), -1, dtype=torch.long)
+        new_of_kept[kept_ids] = torch.arange(len(kept_ids))
+        return cls(kept_ids, new_of_kept[torch.as_tensor(substitutes, dtype=torch.long)], method)
+
+    @classmethod
     def load(cls, folder: str | Path) -> "VocabMap":
         data = json.loads((Path(folder) / MAP_FILE).read_text())
-        kept = torch.tensor(data["kept_ids"], dtype=torch.long)
-        new_of_kept = torch.full((data["original_size"],), -1, dtype=torch.long)
-        new_of_kept[kept] = torch.arange(len(kept))
-        return cls(kept, new_of_kept[torch.tensor(data["substitutes"], dtype=torch.long)], data["method"])
+        return cls.from_substitutes(torch.tensor(data["kept_ids"]), torch.tensor(data["substitutes"]), data["method"])
 
 
 def resolve_keep(keep: float, vocab_size: int, multiple: int = 64, key: str = "recipe.vocab_keep") -> int:
@@ -200,10 +205,7 @@ def build_vocab_map(kept_ids: torch.Tensor, embeddings: torch.Tensor, method: st
                     unk_id: int | None = None) -> VocabMap:
     """A VocabMap from the kept ids and the teacher's input embeddings [V, H]."""
     kept_ids = torch.as_tensor(kept_ids, dtype=torch.long).sort().values
-    substitutes = choose_substitutes(embeddings, kept_ids, method, unk_id)
-    new_of_kept = torch.full((embeddings.shape[0],), -1, dtype=torch.long)
-    new_of_kept[kept_ids] = torch.arange(len(kept_ids))
-    return VocabMap(kept_ids, new_of_kept[substitutes], method)
+    return VocabMap.from_substitutes(kept_ids, choose_substitutes(embeddings, kept_ids, method, unk_id), method)
 
 
 def _replace_parameter(model: nn.Module, old: nn.Parameter, new: nn.Parameter) -> None:
