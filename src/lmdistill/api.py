@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from lmdistill import bench
+from lmdistill import cache as teacher_cache
 from lmdistill.config import ExperimentConfig, config_to_dict, load_config
 from lmdistill.errors import ConfigError
 from lmdistill.io_utils import atomic_dir, atomic_write_json, hash_files, hash_json
@@ -34,7 +36,7 @@ from lmdistill.recipes import RecipeContext, Stage, recipe_class
 from lmdistill.recipes.base import task_loss
 from lmdistill.report import retention, speedups, write_report
 from lmdistill.tasks import Task, build_task
-from lmdistill.trainer import run_stage, world_size
+from lmdistill.trainer import run_stage, stage_is_done, world_size
 
 logger = logging.getLogger("lmdistill")
 
@@ -188,6 +190,28 @@ def _batch_maker(task: Task, tokenizer, model):
     return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
 
+def stage_teacher_outputs(stage: Stage, teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
+                          cache_dir: Path):
+    """The teacher-output cache reader of a stage (built or extended first when needed), or None when
+    the cache is off (`training.cache_teacher: false`) or the stage cannot use it (the teacher runs live)."""
+    if not config.training.cache_teacher or not stage.uses_teacher:
+        return None
+    if not stage.cache_teacher:
+        logger.info("stage %s: the teacher runs live (the stage reads exact teacher outputs)", stage.name)
+        return None
+    if stage.data is not None:
+        dataset, stage_collator, static = stage.data.dataset, stage.data.collator, stage.data.static
+    else:
+        dataset, stage_collator, static = train_dataset, collator, task.static_train_inputs
+    if not static:
+        logger.info("stage %s: the teacher runs live (its inputs change every epoch)", stage.name)
+        return None
+    stage_teacher = stage.teacher if stage.teacher is not None else teacher
+    train = config.training
+    return teacher_cache.prepare(stage, stage_teacher, dataset, stage_collator, cache_dir, train.cache_top_k,
+                                 train.cache_dtype, train.eval_batch_size)
+
+
 def recipe_context(config: ExperimentConfig, task: Task, teacher, student, tokenizer, source: str) -> RecipeContext:
     """What a recipe sees; the pretrained teacher (before task fine-tuning) is loaded only if asked for."""
     loaded = {}
@@ -201,9 +225,47 @@ def recipe_context(config: ExperimentConfig, task: Task, teacher, student, token
                          load_pretrained_teacher=load_pretrained_teacher, pretrained_teacher_id=f"pretrained:{source}")
 
 
+def check_cache_settings(config: ExperimentConfig, teacher, cache_dir: Path) -> None:
+    """The cache folder is writable and top-k fits the teacher's vocabulary, before anything is written."""
+    vocab = getattr(teacher.config, "vocab_size", None)
+    if config.training.cache_teacher and vocab and config.training.cache_top_k > vocab:
+        raise ConfigError(f"training.cache_top_k: {config.training.cache_top_k} is larger than the teacher's "
+                          f"vocabulary ({vocab} tokens)")
+    folder = cache_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:  # a real write, not os.access: root passes permission bits, and a file system may be read-only
+        if not folder.is_dir():
+            raise NotADirectoryError(folder)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        key = "cache_dir" if config.cache_dir else "cache_dir (default $LMDISTILL_CACHE or ~/.cache/lmdistill)"
+        raise ConfigError(f"{key}: {cache_dir} is not writable (set cache_dir to a folder you can write)") from None
+
+
+def fill_stage_caches(recipe, teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
+                      cache_dir: Path) -> list[dict]:
+    """`lmdistill cache`: build the teacher-output cache of every stage that reads the teacher; train nothing."""
+    infos = []
+    for stage in recipe.stages():
+        stage = with_task_forward(stage, task)
+        outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
+        if stage.uses_teacher:
+            infos.append({"stage": stage.name, **(outputs.info.as_dict() if outputs else {"status": "live"})})
+    return infos
+
+
+def fill_cache(config: ExperimentConfig | str | Path | dict, overrides: list[str] | None = None) -> list[dict]:
+    """Fill the teacher-output cache for a config without training (`lmdistill cache CONFIG`); writes
+    only under `cache_dir` (the fine-tuned teacher, if needed, and the outputs). Under torchrun each
+    process computes its share of the rows."""
+    return distill(config, overrides=overrides, cache_only=True).report["teacher_cache"]
+
+
 def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
-            overrides: list[str] | None = None) -> Result:
-    """Run one experiment end to end. Returns the report and the output paths."""
+            overrides: list[str] | None = None, cache_only: bool = False) -> Result:
+    """Run one experiment end to end. Returns the report and the output paths. With `cache_only`,
+    stop once the teacher-output cache of every stage is filled (see `fill_cache`)."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     output = Path(config.output)
@@ -213,7 +275,8 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         from accelerate import PartialState
 
         PartialState()
-    check_output(output, resume, overwrite)
+    if not cache_only:
+        check_output(output, resume, overwrite)
     barrier()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
@@ -232,9 +295,11 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
+    check_cache_settings(config, teacher, cache_dir)
 
     # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
-    prepare_output(output, resume, overwrite)
+    if not cache_only:
+        prepare_output(output, resume, overwrite)
     teacher_dir, teacher_info = source, {"source": config.teacher.path, "finetuned": False}
     if needs_finetune:
         set_seed(config.teacher.seed)
@@ -251,16 +316,25 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
-    if is_main_process():
-        atomic_write_json(output / "config.json", config_to_dict(config))
     train_dataset = task.train_dataset(student_tokenizer, student.config)
     collator = task.collator(student_tokenizer)
+    if cache_only:
+        return Result({"teacher_cache": fill_stage_caches(recipe, teacher, train_dataset, collator, task, config,
+                                                          cache_dir)}, output, output / "student", {})
+    if is_main_process():
+        atomic_write_json(output / "config.json", config_to_dict(config))
     summaries = []
     for index, stage in enumerate(recipe.stages(), start=1):
         stage = with_task_forward(stage, task)
         net = student if stage.net == "student" else teacher
-        summaries.append(run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset,
-                                   collator, config, output / "stages", task.label_keys, resume))
+        outputs = None
+        if recipe.needs_teacher and not stage_is_done(output / "stages", index, stage):
+            outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
+        summary = run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset, collator,
+                            config, output / "stages", task.label_keys, resume, teacher_outputs=outputs)
+        if outputs is not None:
+            summary["teacher_cache"] = outputs.info.as_dict()
+        summaries.append(summary)
         if stage.net == "teacher":
             freeze(teacher)
 
@@ -299,6 +373,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "bench": {"seq_len": seq_len, "threads": threads, "batch_sizes": config.bench.batch_sizes,
                   "repeats": config.bench.repeats, "rounds": config.bench.rounds, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "stages": summaries,
+        "data": task.data_notes,  # rows skipped or repaired while reading, with counts and where
         "config": config_to_dict(config),
     }
     paths = write_report(report, output)

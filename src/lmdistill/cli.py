@@ -1,4 +1,4 @@
-"""Command line: `lmdistill run | eval | compress-vocab | demo`. Thin: parse, call lmdistill.api, print.
+"""Command line: `lmdistill run | eval | cache | compress-vocab | demo`. Thin: parse, call lmdistill.api, print.
 
 A user error (ConfigError, DataError, TrainingError) prints one line to stderr and exits with 2.
 """
@@ -56,6 +56,17 @@ def cmd_eval(args) -> None:
     print(json.dumps(entry, indent=2))
 
 
+def cmd_cache(args) -> None:
+    from lmdistill.api import fill_cache
+
+    for entry in fill_cache(args.config, overrides=args.set):
+        if entry["status"] == "live":
+            print(f"stage {entry['stage']}: not cacheable (the teacher runs live)")
+        else:
+            print(f"stage {entry['stage']}: {entry['status']} {entry['folder']} ({', '.join(entry['fields'])}; "
+                  f"{entry['size_mb']} MB)")
+
+
 def cmd_demo(args) -> None:
     from lmdistill.api import distill
 
@@ -103,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--multiple", type=int, default=64, help="round the kept count up to a multiple of this")
     compress.add_argument("--keep-token", action="append", metavar="TOKEN", help="a token that must stay (repeatable)")
     compress.set_defaults(func=cmd_compress_vocab)
+
+    cache = sub.add_parser("cache", help="fill the teacher-output cache of a config without training")
+    cache.add_argument("config")
+    cache.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    cache.set_defaults(func=cmd_cache)
 
     demo = sub.add_parser("demo", help="MiniLM-L6 teacher -> 3-layer student on SST-2 with kd")
     demo.add_argument("--output", default="runs/demo")

@@ -184,7 +184,7 @@ class DistillationTrainer(Trainer):
         self._log_sums.clear()
         self._log_count = 0
         self._last_logged_step = last
-        bad = [(n, v) for n, v in zip(names, means) if not math.isfinite(v)]
+        bad = sorted(((n, v) for n, v in zip(names, means) if not math.isfinite(v)), key=lambda x: x[0] != "_total")
         if bad:
             name, value = bad[0]
             where = f"at step {last}" if first >= last else f"between steps {first} and {last}"

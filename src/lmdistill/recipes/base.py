@@ -98,6 +98,8 @@ class Stage:
     student_forward: Callable | None = None  # (net, batch, needs) -> Features; None: one plain forward
     teacher_forward: Callable | None = None  # (teacher, batch, needs) -> Features, run under no_grad (and by
     #                                          the teacher-output cache's pass); None: one plain forward
+    cache_teacher: bool = True  # False: the teacher always runs live, even with training.cache_teacher (e.g. a
+    #                             KL at a high temperature over a vocabulary, which a top-k cache approximates badly)
     epochs: float | None = None  # None: training.epochs
     learning_rate: float | None = None  # None: training.learning_rate
 
