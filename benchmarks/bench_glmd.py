@@ -237,7 +237,10 @@ def lm_config(recipe: str, seed: int, args, data: dict, key: str) -> dict:
         "recipe": dict(LM_RECIPES[recipe]),
         "training": {"epochs": 1, "max_steps": args.steps, "batch_size": BATCH, "eval_batch_size": BATCH,
                      "learning_rate": args.lr, "seed": seed, "logging_steps": 10, "save_steps": 50,
-                     "save_total_limit": 1, "group_by_length": False},
+                     "save_total_limit": 1, "group_by_length": False,
+                     # kd's KL at T 2 over the vocabulary is exact only with the live teacher (no top-k cache);
+                     # glmd's stage 1 always runs the teacher live.
+                     "cache_teacher": False},
         "bench": {"repeats": 5, "warmup": 1, "rounds": 2, "batch_sizes": [1, BATCH], "seq_len": BLOCK, "memory": True},
         "output": str(common.WORK / key),
     }

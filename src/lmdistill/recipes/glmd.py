@@ -19,6 +19,11 @@ each skippable with `stages: [...]`:
    uses the soft cross-entropy -sum p_t log p_s, which differs from this KL by the teacher's entropy, a
    constant: the gradients are the same.
 
+**Teacher-output cache.** Stages 1-2 read the teacher's whole distribution at T = 15, where a top-k cache
+(`training.cache_top_k`) is a poor approximation (at T = 15 most of the mass is outside any small top-k),
+and with a compressed vocabulary they read it at the kept columns: these stages always run the teacher
+live (`Stage.cache_teacher=False`). Stage 3 reads the class scores, which the cache stores exactly.
+
 **Vocabulary compression** (`vocab_keep` < 1, see `lmdistill.models.vocab`): before stage 1 the tokens
 are ranked by frequency on `vocab_corpus` (default: the stage-1 corpus plus the task's prompts), the
 most frequent `vocab_keep` (fraction or count, rounded up to a multiple of 64) are kept together with the
@@ -161,11 +166,12 @@ class GLMDRecipe(Recipe):
         if 1 in self.numbers:
             stages.append(Stage("glmd-general", self.word_loss, data=self.general_data(), labels=False,
                                 teacher=general_teacher, teacher_id=general_id, teacher_needs=needs,
+                                cache_teacher=False,
                                 student_forward=self.student_words, teacher_forward=self.teacher_words,
                                 epochs=s.general_epochs, learning_rate=s.general_learning_rate))
         if 2 in self.numbers:
             stages.append(Stage("glmd-task-words", self.word_loss, data=self.task_data(), labels=False,
-                                teacher_needs=needs, student_forward=self.student_words,
+                                teacher_needs=needs, cache_teacher=False, student_forward=self.student_words,
                                 teacher_forward=self.teacher_words, epochs=s.task_epochs,
                                 learning_rate=s.task_learning_rate))
         if 3 in self.numbers:

@@ -105,6 +105,7 @@ class PromptClassificationTask(LabeledTask):
         self.labels = list(self.verbalizer_words)
         self.label2id = {label: i for i, label in enumerate(self.labels)}
         self.verbalizer_ids: list[list[int]] | None = None
+        self.mask_token_id: int | None = None
         self._scoring_ids: list[list[int]] | None = None
 
     @property
@@ -141,6 +142,7 @@ class PromptClassificationTask(LabeledTask):
             raise ConfigError(f"task.pattern: a causal LM predicts the word after the prompt, so {MASK} may only "
                               f"end the pattern ({pattern!r})")
         self.verbalizer_ids = self.verbalizer_token_ids(tokenizer)
+        self.mask_token_id = tokenizer.mask_token_id
 
     def verbalizer_token_ids(self, tokenizer) -> list[list[int]]:
         """[class][verbalizer] token ids; ConfigError naming a verbalizer that is not exactly one token."""
@@ -219,13 +221,25 @@ class PromptClassificationTask(LabeledTask):
         """The model inputs of a prompt batch (no answer position, no labels)."""
         return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
+    def answer_positions(self, batch: dict) -> torch.Tensor:
+        """[B] the answer position of each row: the batch's `answer_position`, or, for a batch of model
+        inputs only (the teacher-output cache's pass), derived from them: a causal prompt's last real
+        token (batches are right-padded), a masked prompt's mask token (in the teacher's ids)."""
+        if "answer_position" in batch:
+            return batch["answer_position"]
+        if self.causal:
+            return batch_mask(batch).sum(-1) - 1
+        is_mask = (batch["input_ids"] == self.mask_token_id).long()
+        last = is_mask.shape[1] - 1 - is_mask.flip(-1).argmax(-1)  # the pattern's mask comes after the text
+        return last
+
     def answer_logits(self, net, batch: dict, needs=None):
         """(LM logits at the answer position [B, V], the model output). Causal models that support it
         compute the LM head at that position only (`logits_to_keep`)."""
         want_hidden = bool(needs is not None and needs.wants_hidden)
         attentions = bool(needs is not None and needs.attentions)
         inputs = self.lm_inputs(batch)
-        position = batch["answer_position"]
+        position = self.answer_positions(batch)
         if "logits_to_keep" in inspect.signature(net.forward).parameters:
             output = net(**inputs, logits_to_keep=position[:, None], output_hidden_states=want_hidden,
                          output_attentions=attentions)
