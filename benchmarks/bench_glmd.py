@@ -353,6 +353,7 @@ def lm_table(runs: list[common.Run], args, texts: dict) -> str:
 
 def task_key(task: str, recipe: str, seed: int, args) -> str:
     key = f"glmd-prompt-{task}-{recipe}-smollm2-{STUDENT}-s{seed}-n{args.max_train_samples}"
+    key += f"-v{args.max_eval_samples}" if args.max_eval_samples else ""
     return key + (f"-e{args.epochs:g}" if args.epochs != 1 else "")
 
 
@@ -361,6 +362,8 @@ def task_config(task: str, recipe: str, seed: int, args, key: str) -> dict:
     task_cfg["train"] = str(common.REPO / task_cfg["train"])
     task_cfg["eval"] = str(common.REPO / task_cfg["eval"])
     task_cfg["max_train_samples"] = args.max_train_samples
+    if args.max_eval_samples:
+        task_cfg["max_eval_samples"] = args.max_eval_samples
     return {
         "teacher": dict(TASK_TEACHER),
         "student": {"layers": STUDENT_LAYERS},
@@ -423,6 +426,7 @@ def main(argv=None) -> int:
     p.add_argument("--books", type=Path, default=None, help="lm: the LitBank books folder")
     p.add_argument("--max-eval-lines", type=int, default=None, help="lm: held-out lines per text (a quick check)")
     p.add_argument("--max-train-samples", type=int, default=2000, help="tasks: training examples")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="tasks: eval examples (a quick check)")
     p.add_argument("--epochs", type=float, default=1.0, help="tasks: epochs per stage")
     common.add_mode_flags(p)
     args = p.parse_args(argv)
