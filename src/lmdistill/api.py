@@ -117,6 +117,7 @@ def load_teacher(config: ExperimentConfig, task: Task, cache_dir: Path, needs_at
     load = teacher_load_kwargs(config, source)
     tokenizer = load_tokenizer(source, **load)
     task.bind(load_config_of(source, **load))
+    task.bind_tokenizer(tokenizer)
     attn = "eager" if needs_attentions else None
     teacher, missing = load_model(task.auto_class(), source, task.model_kwargs(), attn, **load)
     needs_finetune = config.teacher.finetune == "always" or (
@@ -189,14 +190,15 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
             logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
             if is_main_process():
                 remove_leftovers(teachers, key)  # of a run killed while writing this entry
-            stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
-                          teacher_needs=None)
+            stage = with_task_forward(Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                                            teacher_needs=None), task)
             run_stage(
                 stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer),
                 config, work, task.label_keys, resume=True,
                 batch_size=config.teacher.batch_size, epochs=config.teacher.epochs,
                 learning_rate=config.teacher.learning_rate, max_steps=-1, seed=config.teacher.seed,
             )
+            task.mark_finetuned(teacher)
             if is_main_process():
                 with atomic_dir(cached) as tmp:  # replaces an unsealed (damaged) folder, if any
                     teacher.save_pretrained(tmp)
@@ -234,6 +236,15 @@ def clean_interrupted_writes(output: Path) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         for path in folder.glob(".old-*") if folder.is_dir() else []:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def with_task_forward(stage: Stage, task: Task) -> Stage:
+    """A task that provides its own forward pass (prompt classification: class scores from the LM head)
+    makes it the default student and teacher forward of a stage that brings none."""
+    if task.model_forward is not None:
+        stage.student_forward = stage.student_forward or task.model_forward
+        stage.teacher_forward = stage.teacher_forward or task.model_forward
+    return stage
 
 
 def check_vocabularies(teacher_tok, student_tok, recipe) -> None:
@@ -332,6 +343,9 @@ def stage_teacher_outputs(stage: Stage, teacher, train_dataset, collator, task: 
     the cache is off (`training.cache_teacher: false`) or the stage cannot use it (the teacher runs live)."""
     if not config.training.cache_teacher or not stage.uses_teacher:
         return None
+    if not stage.cache_teacher:
+        logger.info("stage %s: the teacher runs live (the stage reads exact teacher outputs)", stage.name)
+        return None
     if stage.data is not None:
         dataset, stage_collator, static = stage.data.dataset, stage.data.collator, stage.data.static
     else:
@@ -382,6 +396,7 @@ def fill_stage_caches(recipe, teacher, train_dataset, collator, task: Task, conf
     """`lmdistill cache`: build the teacher-output cache of every stage that reads the teacher; train nothing."""
     infos = []
     for stage in recipe.stages():
+        stage = with_task_forward(stage, task)
         outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
         if stage.uses_teacher:
             infos.append({"stage": stage.name, **(outputs.info.as_dict() if outputs else {"status": "live"})})
@@ -487,6 +502,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     for index, stage in enumerate(recipe.stages(), start=1):
         if is_main_process():  # the folder name is run_stage's
             record_stage(output / "stages" / f"{index:02d}-{stage.name}", stage.name, stage_hash)
+        stage = with_task_forward(stage, task)
         net = student if stage.net == "student" else teacher
         outputs = None
         if recipe.needs_teacher and not stage_is_done(output / "stages", index, stage):
@@ -500,6 +516,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
             freeze(teacher)
 
     student_dir = output / "student"
+    student_tokenizer = recipe.student_tokenizer(student_tokenizer)  # e.g. GLMD's compressed vocabulary
     if is_main_process():
         save_student(student, student_tokenizer, recipe.extra_outputs(), output)
     barrier()
@@ -545,6 +562,7 @@ def _load_for_eval(model_path: str, task: Task, key: str, trust_remote_code: boo
     """A saved HF model folder, as the task's head, on the CPU; (model, tokenizer)."""
     tokenizer = load_tokenizer(model_path, key, trust_remote_code=trust_remote_code)
     task.bind(load_config_of(model_path, trust_remote_code=trust_remote_code, key=key))
+    task.bind_tokenizer(tokenizer)
     model, missing = load_model(task.auto_class(), model_path, {}, key=key, trust_remote_code=trust_remote_code)
     if missing:
         raise ConfigError(f"{key}: {model_path} has no trained head for this task ({len(missing)} weights missing)")

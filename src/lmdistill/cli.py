@@ -1,4 +1,4 @@
-"""Command line: `lmdistill run | eval | cache | export | demo`. Thin: parse, call lmdistill.api, print.
+"""Command line: `lmdistill run | eval | cache | export | compress-vocab | demo`. Thin: parse, call lmdistill.api, print.
 
 A user error (ConfigError, DataError, TrainingError) prints one line to stderr and exits with 2.
 """
@@ -118,6 +118,14 @@ def cmd_demo(args) -> None:
     _print_result(result)
 
 
+def cmd_compress_vocab(args) -> None:
+    from lmdistill.compress import compress_vocabulary, summary_lines
+
+    result = compress_vocabulary(args.model, args.keep, args.corpus, args.out, args.substitute, args.multiple,
+                                 args.keep_token)
+    print("\n".join(summary_lines(result)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmdistill", description="Knowledge distillation for HF language models")
     parser.add_argument("-v", "--verbose", action="store_true", help="show transformers' own logs")
@@ -150,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", default=None, help="int8: onnxruntime dynamic quantization")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     export.set_defaults(func=cmd_export)
+    compress = sub.add_parser("compress-vocab", help="keep the most frequent tokens of an LM's vocabulary (GLMD)")
+    compress.add_argument("model", help="a HF causal or masked LM folder (or smollm2)")
+    compress.add_argument("--keep", type=float, required=True, help="fraction in (0, 1] or token count")
+    compress.add_argument("--corpus", nargs="+", required=True, help="text files or globs to rank tokens on")
+    compress.add_argument("--out", required=True)
+    compress.add_argument("--substitute", choices=["dot", "cosine", "unk"], default="dot",
+                          help="what a dropped token maps to (saved in vocab_map.json)")
+    compress.add_argument("--multiple", type=int, default=64, help="round the kept count up to a multiple of this")
+    compress.add_argument("--keep-token", action="append", metavar="TOKEN", help="a token that must stay (repeatable)")
+    compress.set_defaults(func=cmd_compress_vocab)
 
     cache = sub.add_parser("cache", help="fill the teacher-output cache of a config without training")
     cache.add_argument("config")

@@ -28,7 +28,8 @@ from pydantic import (
 
 from lmdistill.errors import ConfigError
 
-TaskKind = Literal["classification", "token-classification", "question-answering", "language-modeling"]
+TaskKind = Literal["classification", "token-classification", "question-answering", "language-modeling",
+                   "prompt-classification"]
 
 # The learning-rate schedules of transformers' SchedulerType that run with no further settings. The
 # others need an eval loop (reduce_lr_on_plateau, greedy) or scheduler kwargs lmdistill does not pass.
@@ -115,6 +116,9 @@ class TaskConfig(Strict):
     max_train_samples: Int | None = Field(None, ge=1)
     max_eval_samples: Int | None = Field(None, ge=1)
     hub_subset: Text | None = None  # hub datasets only: the configuration name (e.g. `sst2` of `glue`)
+    # prompt-classification: "{text} Sentiment:" ({text}: the text column; {mask}: the answer slot of a masked LM)
+    pattern: Text | None = None
+    verbalizers: dict[str | int, str | list[str]] | None = None  # label -> its word(s), each one token
 
     @model_validator(mode="after")
     def _pairs_only_for_classification(self):

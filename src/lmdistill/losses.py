@@ -26,6 +26,18 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits, temperature: float = 1.0
     return kl.mean() * (t * t)
 
 
+def kept_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kept_ids: torch.Tensor | None,
+               temperature: float = 1.0) -> torch.Tensor:
+    """`kd_kl` over a compressed vocabulary (GLMD): the student predicts only the kept tokens, so the
+    teacher's logits are read at the kept columns and its distribution renormalised over them.
+
+    student_logits: [N, K]; teacher_logits: [N, V]; kept_ids: [K] teacher column of each student column
+    (None: the vocabularies are the same, plain `kd_kl`)."""
+    if kept_ids is not None:
+        teacher_logits = teacher_logits.index_select(-1, kept_ids.to(teacher_logits.device))
+    return kd_kl(student_logits, teacher_logits, temperature)
+
+
 def topk_kd_kl(student_logits: torch.Tensor, teacher, temperature: float = 1.0) -> torch.Tensor:
     """T^2 * KL between the teacher and student distributions coarsened to K + 1 outcomes: the
     teacher's top-k tokens, and one tail bucket holding every other token. Averaged over rows.

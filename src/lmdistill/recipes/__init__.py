@@ -6,6 +6,7 @@ from lmdistill.errors import ConfigError
 from lmdistill.recipes.base import Recipe, RecipeContext, Stage
 from lmdistill.recipes.fcd import FCDRecipe
 from lmdistill.recipes.finetune import FinetuneRecipe
+from lmdistill.recipes.glmd import GLMDRecipe
 from lmdistill.recipes.kd import KDRecipe
 from lmdistill.recipes.lad import LADRecipe
 from lmdistill.recipes.lengthdrop import LengthDropRecipe
@@ -13,7 +14,7 @@ from lmdistill.recipes.lwd import LWDRecipe
 from lmdistill.recipes.ted import TEDRecipe
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe,
-                                                      LADRecipe, LengthDropRecipe)}
+                                                      LADRecipe, LengthDropRecipe, GLMDRecipe)}
 
 
 def register(recipe_class: type[Recipe]) -> type[Recipe]:

@@ -107,6 +107,19 @@ class Task:
         """Whether a loaded model's task head matches this task (else the teacher is fine-tuned)."""
         return True
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Called once with the teacher's tokenizer, before anything is written: a task that depends on
+        the tokenizer (prompt verbalizers) checks it here."""
+
+    def mark_finetuned(self, model) -> None:
+        """Called on the teacher after its fine-tuning, before it is cached, so `head_is_trained` can
+        recognise it (a task whose head is the LM head has no other sign of it)."""
+
+    # A task whose batches are not plain model inputs (prompt classification: an answer position, class
+    # labels) provides the forward pass: (net, batch, needs) -> Features. The pipeline makes it the
+    # default student_forward / teacher_forward of every stage; None: one plain forward.
+    model_forward = None
+
     # ---- shared machinery ------------------------------------------------------------------
     def single_text_column(self, default: str, what: str) -> str:
         """The one column `task.text` names (a string or a one-item list), else `default`."""
