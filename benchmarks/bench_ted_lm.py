@@ -78,10 +78,10 @@ PAIRS = [[4, 6], [8, 12], [12, 18], [16, 24], [20, 30]]
 RECIPES = {
     "finetune": {"name": "finetune"},
     "kd": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
-    "lwd": {"name": "lwd", "temperature": 2.0, "alpha": 0.5, "layer_map": PAIRS, "beta": 0.05},
+    "lwd": {"name": "lwd", "temperature": 2.0, "alpha": 0.5, "layer_map": PAIRS, "beta": 5e-4},
     "fcd": {"name": "fcd", "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "beta": 1.0, "gamma": 1.0,
             "layer_map": PAIRS, "causal": "auto"},
-    "ted": {"name": "ted", "temperature": 2.0, "alpha_kl": 1.0, "alpha_mse": 0.1, "student_filter_interval": 4,
+    "ted": {"name": "ted", "temperature": 2.0, "alpha_kl": 1.0, "alpha_mse": 1e-3, "student_filter_interval": 4,
             "teacher_filter_interval": 6, "lm_head": "reuse", "filter_init": "auto",
             "stage1_teacher_lr": FILTER_LR, "stage1_student_lr": FILTER_LR},
 }
@@ -103,12 +103,15 @@ def _slices(books: list[Path], tokens: int, tokenizer) -> list[str]:
     from lmdistill.tasks.corpus import read_paragraphs
 
     share = math.ceil(tokens / len(books))
-    lines = []
+    lines, total = [], 0
     for book in books:
+        if total >= tokens:  # only tiny budgets (script checks) stop before the last book
+            break
         taken = 0
         for paragraph in read_paragraphs(book)[20:]:
             lines.append(paragraph)
-            taken += len(tokenizer(paragraph, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+            count = len(tokenizer(paragraph, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+            taken, total = taken + count, total + count
             if taken >= share:
                 break
     return lines
@@ -170,8 +173,9 @@ def experiment(recipe: str, seed: int, epochs: float, args, paths: dict, key: st
     }
 
 
-def wikitext_eval(result) -> dict:
-    """Perplexity of the trained student and (once per suite) of the teacher on WikiText-2 eval.txt."""
+def wikitext_eval(result, lines: int | None = None) -> dict:
+    """Perplexity of the trained student and (once per suite) of the teacher on WikiText-2 eval.txt
+    (its first `lines` lines when given: for a quick check of the script only)."""
     from lmdistill.config import TaskConfig
     from lmdistill.models.teacher import load_model, load_tokenizer
     from lmdistill.tasks import build_task
@@ -179,14 +183,15 @@ def wikitext_eval(result) -> dict:
     config = result.report["config"]
     task = build_task(TaskConfig(kind="language-modeling", lm_type="causal", format="text", train=str(WIKITEXT),
                                  eval=str(WIKITEXT), block_size=config["task"]["block_size"],
-                                 max_length=config["task"]["block_size"]))
+                                 max_length=config["task"]["block_size"], max_eval_samples=lines))
     tokenizer = load_tokenizer(str(result.student_dir))
     from transformers import AutoModelForCausalLM
 
     model, _ = load_model(AutoModelForCausalLM, str(result.student_dir), {})
     task.bind(model.config)
     out = {"student": task.evaluate(model.eval(), tokenizer, 16, desc="wikitext student")}
-    teacher_file = common.RUNS / f"books-teacher-smollm2-wikitext-b{config['task']['block_size']}.json"
+    teacher_file = common.RUNS / (f"books-teacher-smollm2-wikitext-b{config['task']['block_size']}"
+                                  + (f"-v{lines}" if lines else "") + ".json")
     if not teacher_file.is_file():
         teacher_dir = result.report["teacher_info"].get("cache_dir") or teacher_tokenizer()[0]
         teacher, _ = load_model(AutoModelForCausalLM, teacher_dir, {})
@@ -350,6 +355,53 @@ def probe(args) -> int:
     return 0
 
 
+def probe_filters(args) -> int:
+    """Stage I of the teacher's filters alone, at a few learning rates: the per-filter LM loss after
+    --probe-steps steps, cycling over the teacher's hidden states of the first --probe-blocks training blocks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmdistill.models.lm_head import find_lm_head
+    from lmdistill.recipes.ted import lm_loss, make_filter
+    from lmdistill.tasks.language_modeling import text_blocks
+
+    torch.set_num_threads(2)
+    source, tokenizer = teacher_tokenizer()
+    paths = prepare_data(args, tokenizer)
+    blocks = torch.tensor(text_blocks(paths["train"].read_text().splitlines(), tokenizer, args.block_size, True)
+                          [: args.probe_blocks])
+    teacher = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval().requires_grad_(False)
+    head = find_lm_head(teacher)
+    positions = [t for _, t in PAIRS]
+    batches = []
+    with torch.no_grad():
+        for i in range(0, len(blocks), BATCH):
+            x = blocks[i:i + BATCH]
+            hidden = teacher(x, output_hidden_states=True).hidden_states
+            batches.append((x, [hidden[t] for t in positions]))
+    result = {"steps": args.probe_steps, "blocks": len(blocks), "positions": positions, "loss": {}}
+    for lr in args.probe_lrs:
+        torch.manual_seed(0)
+        filters = [make_filter(576, 576, False, None, identity=True) for _ in positions]
+        optimizer = torch.optim.AdamW([p for f in filters for p in f.parameters()], lr=lr, weight_decay=0.01)
+        curve = []
+        for step in range(args.probe_steps + 1):
+            x, hidden = batches[step % len(batches)]
+            losses = [lm_loss(head(f(h), t), x, True) for f, h, t in zip(filters, hidden, positions)]
+            curve.append([round(v.item(), 3) for v in losses])
+            if step == args.probe_steps:
+                break
+            optimizer.zero_grad()
+            (sum(losses) / len(losses)).backward()
+            optimizer.step()
+        result["loss"][f"{lr:g}"] = {"first": curve[0], "last": curve[-1]}
+        print(f"lr {lr:g}: {curve[0]} -> {curve[-1]}", flush=True)
+    out = common.RESULTS / "ted-lm-filter-lr.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"written to {out}")
+    return 0
+
+
 def probe_table() -> str:
     data = json.loads((common.RESULTS / "ted-lm-probe.json").read_text())
     lines = ["| student (layers kept of 30) | layers | nats / token | perplexity |", "|---|---|---|---|"]
@@ -372,15 +424,23 @@ def main(argv=None) -> int:
     p.add_argument("--filter-epochs", type=float, default=0.25, help="ted: epochs of each filter stage")
     p.add_argument("--top-k", type=int, default=64, help="training.cache_top_k")
     p.add_argument("--probe", action="store_true", help="the layer-choice probe (writes results/ted-lm-probe.json)")
-    p.add_argument("--probe-blocks", type=int, default=32)
+    p.add_argument("--probe-blocks", type=int, default=64)
+    p.add_argument("--probe-filters", action="store_true", help="teacher stage I alone at --probe-lrs "
+                   "(writes results/ted-lm-filter-lr.json)")
+    p.add_argument("--probe-lrs", nargs="+", type=float, default=[1e-3, 1e-2])
+    p.add_argument("--probe-steps", type=int, default=40)
+    p.add_argument("--wikitext-lines", type=int, default=None, help="evaluate on the first N lines only (checks)")
     common.add_mode_flags(p)
     args = p.parse_args(argv)
     if args.probe:
         return probe(args)
+    if args.probe_filters:
+        return probe_filters(args)
     _, tokenizer = teacher_tokenizer()
     paths = prepare_data(args, tokenizer)
     runs = plan(args, paths)
-    return common.suite_main(args, runs, "", render=lambda: table(runs, args), after=wikitext_eval)
+    after = lambda result: wikitext_eval(result, args.wikitext_lines)  # noqa: E731
+    return common.suite_main(args, runs, "", render=lambda: table(runs, args), after=after)
 
 
 if __name__ == "__main__":

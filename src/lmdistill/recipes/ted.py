@@ -321,8 +321,8 @@ class TEDRecipe(Recipe):
         if self.language_model:
             self.teacher_lm_head = self._lm_head(ctx.teacher, "teacher", d_f)
             self.student_lm_head = self._lm_head(ctx.student, "student", d_f)
-            self.teacher_heads = self._lm_head_modules(self.teacher_filters, ctx.teacher, d_f)
-            self.student_heads = self._lm_head_modules(self.student_filters, ctx.student, d_f)
+            self.teacher_heads = self._lm_head_modules(self.teacher_filters, ctx.teacher, d_f, "teacher")
+            self.student_heads = self._lm_head_modules(self.student_filters, ctx.student, d_f, "student")
             return
         self.num_labels = self._num_labels()
         self.teacher_heads = nn.ModuleDict({
@@ -363,7 +363,7 @@ class TEDRecipe(Recipe):
                 f"parameters each) or recipe.lm_head: low-rank")
         return head
 
-    def _lm_head_modules(self, filters: nn.ModuleDict, model, d_f: int) -> nn.ModuleDict:
+    def _lm_head_modules(self, filters: nn.ModuleDict, model, d_f: int, role: str) -> nn.ModuleDict:
         """The trainable part of each filter's stage-I LM head: nothing (reuse), a Linear(d_f, width)
         (project) or a LowRankLMHead (low-rank)."""
         s = self.settings
@@ -375,8 +375,8 @@ class TEDRecipe(Recipe):
         else:
             heads = {name: LowRankLMHead(d_f, s.lm_head_rank, vocab) for name in filters}
         cost = lm_head_parameters(s.lm_head, d_f, width, s.lm_head_rank, vocab)
-        logger.info("ted: lm_head %s: %s trainable head parameters per filter, %d filters", s.lm_head,
-                    f"{cost:,}", len(filters))
+        logger.info("ted: %s: %d filters, stage-I lm_head %s: %s trainable head parameters per filter", role,
+                    len(filters), s.lm_head, f"{cost:,}")
         return nn.ModuleDict(heads)
 
     def _num_labels(self) -> int:
