@@ -76,7 +76,8 @@ def check_trials(result: dict) -> None:
         assert trial["killed"][0], f"kill point never reached: {where}"
         assert trial["resume_status"] == 0, f"resume failed: {where}"
         assert trial["identical"], f"student differs by {trial['max_abs_diff']} after {where}"
-        assert trial["same_stage_summaries"] and trial["same_scores"], where  # loss curves, train_loss
+        assert trial["same_stage_summaries"], f"{where}: {trial.get('summary_diff')}"  # loss curves, train_loss
+        assert trial["same_scores"], where
         assert trial["leftovers"] == [], f"{trial['leftovers']} left after {where}"
 
 

@@ -520,8 +520,6 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
             outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
         summary = run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset, collator,
                             config, output / "stages", task.label_keys, resume, teacher_outputs=outputs)
-        if outputs is not None:
-            summary["teacher_cache"] = outputs.info.as_dict()
         summaries.append(summary)
         if stage.net == "teacher":
             freeze(teacher)

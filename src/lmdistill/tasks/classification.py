@@ -80,6 +80,11 @@ class ClassificationTask(LabeledTask):
         train_labels = sorted({str(v) for v in self.raw_train[label]}, key=_label_sort_key)
         self.set_label_set(train_labels, {str(v) for v in self.raw_eval[label]}, label)
 
+    def model_kwargs(self) -> dict:
+        # Set now rather than by the model's first forward with labels (transformers does that): a run
+        # resumed after its last training step would otherwise save a config without it.
+        return {**super().model_kwargs(), "problem_type": "single_label_classification"}
+
     def auto_class(self):
         return AutoModelForSequenceClassification
 
