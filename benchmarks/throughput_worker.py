@@ -12,8 +12,9 @@ contender only.
 What every contender does, so that the loops differ only in what they are meant to compare:
   data       data/sst2/train.tsv (first N rows), tokenized by the teacher's tokenizer, truncated to 64
              tokens; labels mapped by the teacher's label2id; padded per batch (DataCollatorWithPadding);
-             batches of 32 drawn by transformers' LengthGroupedSampler, as lmdistill's default
-             `group_by_length: true` does (same amount of padding for everyone); no worker processes.
+             batches of 32 in the order lmdistill's default `group_by_length` sampler draws: epoch e
+             takes transformers' get_length_grouped_indices under a generator seeded seed + e (the
+             same batches for every contender, so their accuracies compare); no worker processes.
   student    the teacher's layers [0, 2, 4] with their weights (a deep copy of the fine-tuned teacher).
   optimizer  torch AdamW (fused, as transformers 5's Trainer picks with torch >= 2.8), lr 1e-4, weight
              decay 0.01 on every weight except biases and LayerNorms (Trainer.get_decay_parameter_names),
@@ -167,10 +168,27 @@ def encode(path: Path, tokenizer, label2id: dict[str, int], limit: int | None = 
     return [{**{k: encoded[k][i] for k in keys}, "labels": label2id[labels[i]]} for i in range(len(sentences))]
 
 
-def train_loader(examples: list[dict], tokenizer) -> DataLoader:
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+class EpochOrder(torch.utils.data.Sampler):
+    """lmdistill's length-grouped order (checkpointing.EpochSeededLengthSampler) without importing
+    lmdistill: epoch e is get_length_grouped_indices under a generator seeded seed + e. The epoch
+    advances at each pass, as the loops (ours and TextBrewer's) iterate the loader once per epoch."""
 
-    sampler = LengthGroupedSampler(BATCH_SIZE, lengths=[len(e["input_ids"]) for e in examples])
+    def __init__(self, lengths: list[int], seed: int):
+        self.lengths, self.seed, self.epoch = lengths, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return iter(get_length_grouped_indices(self.lengths, BATCH_SIZE, generator=generator))
+
+
+def train_loader(examples: list[dict], tokenizer, seed: int) -> DataLoader:
+    sampler = EpochOrder([len(e["input_ids"]) for e in examples], seed)
     return DataLoader(examples, batch_size=BATCH_SIZE, sampler=sampler,
                       collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"))
 
@@ -244,7 +262,7 @@ def setup_plain(args):
     label2id = {str(k): int(v) for k, v in teacher.config.label2id.items()}
     transformers.set_seed(args.seed)
     student = layer_subset(teacher, STUDENT_LAYERS)
-    loader = train_loader(encode(TRAIN, tokenizer, label2id, args.max_train_samples), tokenizer)
+    loader = train_loader(encode(TRAIN, tokenizer, label2id, args.max_train_samples), tokenizer, args.seed)
     return tokenizer, teacher, label2id, student, loader
 
 
