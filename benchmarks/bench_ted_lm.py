@@ -261,7 +261,7 @@ def table(runs: list[common.Run], args) -> str:
         f"Student: SmolLM2 layers {_ranges(args.layers)} with their weights. Data: an equal share of "
         f"{args.train_tokens:,} tokens from each of 72 LitBank books per epoch, blocks of {args.block_size}, batch "
         f"{BATCH}, lr {LR:g}; perplexity on {args.eval_tokens:,} tokens of the 8 held-out books and on WikiText-2 "
-        f"eval.txt (7 articles), blocks of {args.block_size}. T 2 for every recipe; kd alpha 0.5; lwd beta "
+        f"eval.txt (7 articles), blocks of {args.block_size}. T {TEMPERATURE:g} for every recipe; kd alpha 0.5; lwd beta "
         f"{RECIPES['lwd']['beta']:g}; fcd beta 1, gamma 1; ted alpha_kl {RECIPES['ted']['alpha_kl']:g}, alpha_mse "
         f"{RECIPES['ted']['alpha_mse']:g}, filters after student layers 4, 8, ..., 20 and teacher layers 6, 12, ..., "
         f"30 (the pairs lwd and fcd use too), filter stages {args.filter_epochs:g} epoch at lr {FILTER_LR:g}. "
