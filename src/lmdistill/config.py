@@ -38,14 +38,61 @@ class TeacherConfig(Strict):
     seed: int = 42  # teacher fine-tuning seed: one teacher per task, shared by every student seed
 
 
+ATTENTION_TYPES = ("full", "longformer", "bigbird", "nystromformer", "lsg")
+# The settings each attention type reads; any other key given for that type is an error.
+ATTENTION_SETTINGS = {
+    "full": ("max_length",),
+    "longformer": ("max_length", "window", "global"),
+    "bigbird": ("max_length", "block_size", "num_random_blocks"),
+    "nystromformer": ("max_length", "num_landmarks"),
+    "lsg": ("max_length", "block_size", "sparse_factor", "sparse_blocks", "global"),
+}
+
+
+class AttentionConfig(Strict):
+    """The student's attention (models/efficient.py). The block/window rules of each type are
+    checked here, before anything is built; rules that need the teacher are checked when the
+    student is built (still before anything is written)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    type: str = "full"  # full | longformer | bigbird | nystromformer | lsg
+    max_length: int | None = Field(None, gt=0)  # positions of the student; default: the teacher's
+    window: int | None = Field(None, gt=0)  # longformer: attention_window (even; window/2 tokens each side)
+    block_size: int | None = Field(None, gt=0)  # bigbird: block_size; lsg: local block
+    num_random_blocks: int | None = Field(None, ge=0)  # bigbird
+    num_landmarks: int | None = Field(None, gt=0)  # nystromformer
+    sparse_factor: int | None = Field(None, ge=0)  # lsg: keys/values averaged over this many tokens (0: no sparse)
+    sparse_blocks: int | None = Field(None, ge=0)  # lsg: compressed blocks on each side beyond the local ones
+    global_tokens: list[Literal["cls", "question"]] | None = Field(None, alias="global")  # longformer, lsg
+
+    @model_validator(mode="after")
+    def _type_rules(self):
+        if self.type not in ATTENTION_TYPES:
+            raise ValueError(f"unknown attention type '{self.type}' (choose from: {', '.join(ATTENTION_TYPES)})")
+        allowed = ATTENTION_SETTINGS[self.type]
+        for name, field in type(self).model_fields.items():
+            key = field.alias or name
+            if key not in allowed and key != "type" and getattr(self, name) is not None:
+                raise ValueError(f"'{key}' is not a setting of attention type {self.type} "
+                                 f"(its settings: {', '.join(allowed)})")
+        from lmdistill.models.efficient import check_block_rules  # the rules live beside the conversion
+
+        check_block_rules(self)
+        return self
+
+
 class StudentConfig(Strict):
-    """How the student is built. Exactly one of layers / num_layers / config / path."""
+    """How the student is built. Exactly one of layers / num_layers / config / path; `attention`
+    turns it into an efficient-attention model (models/efficient.py)."""
 
     layers: list[int] | None = None  # keep these teacher layers (0-based), DistilBERT-style
     num_layers: int | None = None  # keep this many teacher layers, picked uniformly
     config: dict[str, Any] | None = None  # overrides on the teacher's config; random initialisation
     path: str | None = None  # any HF folder or hub name
     init_from: Literal["finetuned", "pretrained"] = "finetuned"  # which teacher weights a layer subset copies
+    attention: AttentionConfig | None = None  # efficient attention: type, max_length, window / block sizes
 
     @model_validator(mode="after")
     def _one_source(self):
