@@ -110,7 +110,7 @@ class TaskConfig(Strict):
     eval: str
     text: str | list[str] | None = None  # one column, or two for sentence pairs (NER: tokens column)
     label: str | None = None
-    format: Literal["auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text"] = "auto"
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text", "brat"] = "auto"  # brat: a folder
     max_length: int | None = None  # default per task kind
     doc_stride: int = 128  # question answering: overlap between windows of a long context
     lm_type: Literal["auto", "masked", "causal"] = "auto"  # language modelling: auto follows the teacher

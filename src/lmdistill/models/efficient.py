@@ -180,7 +180,7 @@ def _head_kind(model: nn.Module) -> str:
     return ""
 
 
-def check_conversion(attention, model: nn.Module, task_kind: str) -> dict[str, Any]:
+def check_conversion(attention, model: nn.Module) -> dict[str, Any]:
     """All rules that need the teacher (run before anything is written). Returns the resolved settings."""
     config = model.config
     model_type = getattr(config, "model_type", "?")
@@ -188,10 +188,11 @@ def check_conversion(attention, model: nn.Module, task_kind: str) -> dict[str, A
         raise ConfigError(
             f"student.attention: cannot convert a {model_type} model ({type(model).__name__}) to {attention.type} "
             "attention; supported: BERT-family encoders (model_type bert, learned absolute positions)")
-    if not _head_kind(model):
+    head = _head_kind(model)
+    if not head:
         raise ConfigError(
-            f"student.attention: task kind {task_kind} ({type(model).__name__}) cannot have efficient attention; "
-            "supported: classification, token-classification, question-answering, masked language-modeling")
+            f"student.attention: {type(model).__name__} cannot be converted to {attention.type} attention; supported "
+            "task kinds: classification, token-classification, question-answering, masked language-modeling")
     teacher_positions = positions(config)
     s = settings_of(attention)
     s.setdefault("max_length", teacher_positions)
@@ -202,10 +203,10 @@ def check_conversion(attention, model: nn.Module, task_kind: str) -> dict[str, A
         check_block_rules(attention, s["max_length"])
     except ValueError as err:
         raise ConfigError(f"student.attention: {err}") from None
-    if "question" in s.get("global_tokens", []) and task_kind != "question-answering":
+    if "question" in s.get("global_tokens", []) and head != "qa":
         raise ConfigError("student.attention.global: 'question' is for question answering only")
     if attention.type == "longformer" and "global_tokens" not in s:
-        s["global_tokens"] = ["question"] if task_kind == "question-answering" else ["cls"]
+        s["global_tokens"] = ["question"] if head == "qa" else ["cls"]
     return s
 
 

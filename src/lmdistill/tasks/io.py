@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from lmdistill.errors import DataError
+from lmdistill.tasks.brat import read_brat
 
 FILE_SUFFIXES = {
     ".tsv": "tsv",
@@ -158,7 +159,10 @@ def load_split(
             raise DataError(f"{key}: file not found: {source}")
     else:
         if path.is_dir():
-            raise DataError(f"{key}: {path} is a folder; give a file")
+            if fmt in ("brat", "auto") and any(path.glob("*.ann")):
+                fmt = "brat"
+            else:
+                raise DataError(f"{key}: {path} is a folder; give a file (or a folder of brat .txt/.ann files)")
         kind = detect_format(path, fmt, text_format)
         readers = {
             "tsv": read_tsv,
@@ -168,6 +172,7 @@ def load_split(
             "conll": read_conll,
             "squad": read_squad,
             "text": read_text,
+            "brat": read_brat,
         }
         try:
             data = readers[kind](path)
