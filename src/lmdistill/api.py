@@ -204,7 +204,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     teacher, tokenizer, source, needs_finetune = load_teacher(config, task, cache_dir, needs_attentions)
     load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs())[0]  # noqa: E731
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                         task.model_kwargs())
+                                         task.model_kwargs(), tokenizer)
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
     recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
@@ -222,7 +222,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     set_seed(config.training.seed)
     if needs_finetune and config.student.path is None and config.student.config is None:
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                             task.model_kwargs())
+                                             task.model_kwargs(), tokenizer)
     set_seed(config.training.seed)
     recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
@@ -231,11 +231,14 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         atomic_write_json(output / "config.json", config_to_dict(config))
     train_dataset = task.train_dataset(student_tokenizer, student.config)
     collator = task.collator(student_tokenizer)
+    # A student that reads further than the teacher's positions (efficient attention) gets a teacher
+    # that reads its batches in windows, outputs merged per token.
+    stage_teacher = task.distillation_teacher(teacher, tokenizer, student.config)
     summaries = []
     for index, stage in enumerate(recipe.stages(), start=1):
-        net = student if stage.net == "student" else teacher
-        summaries.append(run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset,
-                                   collator, config, output / "stages", task.label_keys, resume))
+        net = student if stage.net == "student" else stage_teacher
+        summaries.append(run_stage(stage, index, net, stage_teacher if recipe.needs_teacher else None,
+                                   train_dataset, collator, config, output / "stages", task.label_keys, resume))
         if stage.net == "teacher":
             freeze(teacher)
 

@@ -72,13 +72,15 @@ def _status_mb(field: str) -> float:
 def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) -> None:
     import transformers
 
+    from lmdistill.models import efficient  # registers LSG; efficient models need their runtime hooks
+
     torch.set_num_threads(threads)
     auto_class = getattr(transformers, class_name)
     # Import the model's code before the baseline, so only weights and activations are counted.
     config = transformers.AutoConfig.from_pretrained(folder)
     model_class = auto_class._model_mapping[type(config)]
     before = _status_mb("VmRSS")
-    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
+    model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).eval())
     with torch.inference_mode():
         model(**batch)
     peak = _status_mb("VmHWM")
@@ -88,7 +90,9 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) 
 def peak_memory_mb(folder: str | Path, auto_class, batch: dict, threads: int) -> float | None:
     """Peak memory of loading the model and one forward pass on `batch`, in MiB."""
     if torch.cuda.is_available():
-        model = auto_class.from_pretrained(str(folder), dtype=torch.float32).cuda().eval()
+        from lmdistill.models import efficient
+
+        model = efficient.attach_runtime(auto_class.from_pretrained(str(folder), dtype=torch.float32).cuda().eval())
         torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
             model(**{k: v.cuda() for k, v in batch.items()})

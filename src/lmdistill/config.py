@@ -112,7 +112,8 @@ class TaskConfig(Strict):
     label: str | None = None
     format: Literal["auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text", "brat"] = "auto"  # brat: a folder
     max_length: int | None = None  # default per task kind
-    doc_stride: int = 128  # question answering: overlap between windows of a long context
+    doc_stride: int = 128  # overlap between windows of a long context (QA) or document (token classification)
+    max_answer_tokens: int = Field(30, gt=0)  # question answering: longest answer span considered, in tokens
     lm_type: Literal["auto", "masked", "causal"] = "auto"  # language modelling: auto follows the teacher
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     block_size: int | None = None  # language modelling: tokens per training block (default max_length)

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer
 from lmdistill.config import TeacherConfig
 from lmdistill.errors import ConfigError
 from lmdistill.io_utils import atomic_dir, hash_json
+from lmdistill.models import efficient  # also registers the LSG classes with the Auto* factories
 
 logger = logging.getLogger("lmdistill")
 
@@ -120,6 +121,7 @@ def load_model(auto_class, source: str, model_kwargs: dict, attn_implementation:
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: cannot load '{source}' as {auto_class.__name__}: {str(err).splitlines()[0]}") from None
     missing = list(info.get("missing_keys", [])) + [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
+    efficient.attach_runtime(model)  # efficient-attention students: the behaviour HF leaves to the caller
     return model, missing
 
 

@@ -80,6 +80,11 @@ class Task:
         """Whether a loaded model's task head matches this task (else the teacher is fine-tuned)."""
         return True
 
+    def distillation_teacher(self, teacher, tokenizer, student_config):
+        """The teacher as distillation stages run it on the student's batches. Default: itself. Tasks
+        whose student may read further than the teacher's positions return a windowed teacher."""
+        return teacher
+
     # ---- shared machinery ------------------------------------------------------------------
     def single_text_column(self, default: str, what: str) -> str:
         """The one column `task.text` names (a string or a one-item list), else `default`."""

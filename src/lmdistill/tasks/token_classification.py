@@ -130,6 +130,15 @@ class TokenClassificationTask(LabeledTask):
             columns["_score"] = [w.centre_score for w in windows]
         return datasets.Dataset.from_dict(columns)
 
+    def distillation_teacher(self, teacher, tokenizer, student_config):
+        """A teacher with fewer positions than the student's windows reads them in windows (merged per token)."""
+        from lmdistill.models.windowed import WindowedTeacher
+
+        window = self.max_length(tokenizer, teacher.config)
+        if self.max_length(tokenizer, student_config) <= window:
+            return teacher
+        return WindowedTeacher(teacher, window, self.stride(window))
+
     def collator(self, tokenizer):
         return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
 
