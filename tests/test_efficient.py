@@ -189,48 +189,65 @@ class LiveBytes(TorchDispatchMode):
         self.live -= size
 
 
-@pytest.mark.parametrize("kind", ["longformer", "bigbird", "nystromformer", "lsg", "full"])
-def test_save_and_load_with_auto_class(kind, tokenizer, tmp_path):
-    """The saved student loads with AutoModelFor<Task>: HF types in a fresh Python with no lmdistill
-    import (the inputs prepared as the README says), LSG after `import lmdistill.models.lsg`."""
-    bert = tiny_bert("token")
-    settings = {"longformer": {"window": 32}, "bigbird": {"block_size": 16, "num_random_blocks": 1},
-                "nystromformer": {"num_landmarks": 16}, "lsg": {"block_size": 32}, "full": {}}[kind]
-    student = convert(bert, kind, tokenizer, max_length=256, **settings)
-    student.save_pretrained(tmp_path)
-    inputs = batch(length=200, padded_from=150)
-    with torch.no_grad():
-        expected = student(**inputs).logits
-    torch.save({"inputs": inputs, "expected": expected}, tmp_path / "check.pt")
-    script = f"""
+LOAD_CHECK = """
 import sys, torch
-sys.path = [p for p in sys.path if 'lmdistill' not in p and not p.endswith('src')]
-if {kind == 'lsg'}:
-    sys.path.insert(0, {str(DATA.parent / 'src')!r})
-    import lmdistill.models.lsg
-assert ({kind != 'lsg'} and 'lmdistill' not in sys.modules) or {kind == 'lsg'}
+from pathlib import Path
+src = sys.argv[1]
+sys.path = [p for p in sys.path if p != src]
 from transformers import AutoModelForTokenClassification
-model = AutoModelForTokenClassification.from_pretrained({str(tmp_path)!r}).eval()
-check = torch.load({str(tmp_path / 'check.pt')!r})
-inputs = dict(check['inputs'])
-if model.config.model_type == 'longformer':  # global attention on [CLS], as trained
-    inputs['global_attention_mask'] = torch.zeros_like(inputs['input_ids']); inputs['global_attention_mask'][:, 0] = 1
-length = inputs['input_ids'].shape[1]
-if model.config.model_type == 'nystromformer':  # pad to segment_means_seq_len; pass a [B, 1, 1, L] mask
-    extra = model.config.segment_means_seq_len - length
-    inputs = {{k: torch.nn.functional.pad(v, (0, extra)) for k, v in inputs.items()}}
-    inputs['attention_mask'] = (1.0 - inputs['attention_mask'][:, None, None, :].float()) * torch.finfo(torch.float32).min
-with torch.no_grad():
-    logits = model(**inputs).logits[:, :length]
-real = check['inputs']['attention_mask'].bool()
-print(type(model).__name__, float((logits[real] - check['expected'][real]).abs().max()))
+
+def check(folder):
+    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    saved = torch.load(Path(folder) / 'check.pt')
+    inputs = dict(saved['inputs'])
+    length = inputs['input_ids'].shape[1]
+    if model.config.model_type == 'longformer':  # global attention on [CLS], as trained
+        inputs['global_attention_mask'] = torch.zeros_like(inputs['input_ids'])
+        inputs['global_attention_mask'][:, 0] = 1
+    if model.config.model_type == 'nystromformer':  # pad to segment_means_seq_len; a [B, 1, 1, L] mask
+        extra = model.config.segment_means_seq_len - length
+        inputs = {k: torch.nn.functional.pad(v, (0, extra)) for k, v in inputs.items()}
+        inputs['attention_mask'] = (1.0 - inputs['attention_mask'][:, None, None, :].float()) * -3.4e38
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, :length]
+    real = saved['inputs']['attention_mask'].bool()
+    print(Path(folder).name, type(model).__name__, float((logits[real] - saved['expected'][real]).abs().max()))
+
+for folder in sys.argv[2:]:
+    if not folder.endswith('lsg'):
+        check(folder)
+assert 'lmdistill' not in sys.modules
+sys.path.insert(0, src)
+import lmdistill.models.lsg  # registers LSG with the Auto classes
+check([f for f in sys.argv[2:] if f.endswith('lsg')][0])
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+
+
+def test_save_and_load_with_auto_class(tokenizer, tmp_path):
+    """Each saved student loads with AutoModelForTokenClassification and gives the same outputs: the HF
+    types in a fresh Python with no lmdistill import (inputs prepared as the README says), LSG after
+    `import lmdistill.models.lsg`."""
+    bert = tiny_bert("token")
+    inputs = batch(length=200, padded_from=150)
+    settings = {"longformer": {"window": 32}, "bigbird": {"block_size": 16, "num_random_blocks": 1},
+                "nystromformer": {"num_landmarks": 16}, "lsg": {"block_size": 32}, "full": {}}
+    folders, classes = [], {}
+    for kind, extra in settings.items():
+        student = convert(bert, kind, tokenizer, max_length=256, **extra)
+        folder = tmp_path / kind
+        student.save_pretrained(folder)
+        with torch.no_grad():
+            torch.save({"inputs": inputs, "expected": student(**inputs).logits}, folder / "check.pt")
+        folders.append(str(folder))
+        classes[kind] = type(student).__name__
+    src = str(DATA.parent / "src")
+    result = subprocess.run([sys.executable, "-c", LOAD_CHECK, src, *folders], capture_output=True, text=True,
                             env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
-    name, difference = result.stdout.split()[-2:]
-    assert name == type(student).__name__
-    assert float(difference) < 1e-5
+    lines = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert {kind: name for kind, name, _ in lines} == classes
+    for kind, _, difference in lines:
+        assert float(difference) < 1e-5, kind
 
 
 def test_bigbird_keeps_block_sparse_after_a_short_input(tokenizer):

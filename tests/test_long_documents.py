@@ -1,0 +1,170 @@
+"""Long documents: NER windows scored over whole documents, the windowed teacher, the brat reader,
+bad input for efficient students, and an end-to-end run on a real LitBank document."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForTokenClassification, BertConfig, BertForTokenClassification, BertTokenizer
+
+from conftest import DATA, sst2_config
+from lmdistill.api import distill
+from lmdistill.config import TaskConfig
+from lmdistill.models.windowed import WindowedTeacher
+from lmdistill.tasks.io import load_split
+from lmdistill.tasks.token_classification import IGNORE, TokenClassificationTask
+from lmdistill.tasks.windows import merge_word_predictions
+from test_bad_input import assert_one_line_error, run_cli
+
+LITBANK = DATA / "litbank"
+
+
+def litbank_task(max_length: int) -> TokenClassificationTask:
+    cfg = TaskConfig(kind="token-classification", train=str(LITBANK / "train"), eval=str(LITBANK / "test"),
+                     max_length=max_length, doc_stride=32)
+    return TokenClassificationTask(cfg)
+
+
+def test_brat_reader_keeps_outermost_mentions():
+    data = load_split(str(LITBANK / "test"), "task.eval")
+    tokens, tags = data[0]["tokens"], data[0]["tags"]
+    assert len(tokens) == len(tags) == 2014  # the .txt split on whitespace
+    assert sum(t.startswith("B-") for t in tags) == 124  # outermost mentions of the 140 in the .ann
+    text = (LITBANK / "test" / "271_black_beauty_brat.txt").read_text()
+    assert tokens == text.split()
+
+
+def test_windowed_ner_scores_every_gold_entity():
+    """A 2,077-token document read in 128-token windows: oracle predictions per window (each window's
+    own gold labels) merge back into the whole document, so every gold entity is found (F1 1.0);
+    truncating at 128 tokens, as before, could have found at most the first few."""
+    task = litbank_task(128)
+    tokenizer = BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased")
+    dataset = task.eval_dataset(tokenizer)
+    assert len(dataset) > 15 and set(dataset["_doc"]) == {0}
+    assert max(len(ids) for ids in dataset["input_ids"]) == 128
+    outputs = [[[label if label != IGNORE else 0 for label in row] for row in dataset["labels"]]]
+    scores = task.compute_metrics(outputs, dataset, task.raw_eval)
+    assert scores["f1"] == 1.0 and scores["recall"] == 1.0 and scores["accuracy"] == 1.0
+    first_window_entities = sum(1 for label in dataset[0]["labels"] if label != IGNORE
+                                and task.labels[label].startswith("B-"))
+    assert first_window_entities < 10  # what one truncated window could have scored, of 124
+
+
+def test_centre_of_a_window_wins():
+    """Two windows over 10 words overlap on words 4-7; each word takes the window where it is farther
+    from an edge (document edges do not count as edges)."""
+    first = [-1, 0, 1, 2, 3, 4, 5, 6, 7, -1]  # [CLS] words 0-7 [SEP]
+    second = [-1, 4, 5, 6, 7, 8, 9, -1]  # [CLS] words 4-9 [SEP]
+    scores_first = [-1, 10**6, 10**6, 10**6, 10**6, 3, 2, 1, 0, -1]  # doc start is far; its right edge at word 7
+    scores_second = [-1, 0, 1, 2, 3, 10**6, 10**6, -1]
+    preds = [[0, 1, 1, 1, 1, 1, 1, 1, 1, 0], [0, 2, 2, 2, 2, 2, 2, 0]]
+    merged = merge_word_predictions(preds, [0, 0], [first, second], [scores_first, scores_second], [11])
+    # words 4, 5 from the first window (scores 3, 2 vs 0, 1); 6, 7 from the second; word 10 in no window
+    assert merged == [[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, -1]]
+
+
+def test_windowed_teacher_merges_by_window_centre():
+    """Independent check: for every position, the merged output equals the teacher's output on the one
+    window in which that position is most central, computed here from the window formula."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    teacher = BertForTokenClassification(config).eval()
+    ids = torch.randint(5, 300, (2, 200))
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 150:] = 0
+    ids[1, 150:] = 0
+    with torch.no_grad():
+        merged = WindowedTeacher(teacher, 64, 16)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert merged.logits.shape == (2, 200, 3) and len(merged.hidden_states) == 3
+    for row, length in ((0, 200), (1, 150)):
+        body = list(range(1, length - 1))
+        size, step, windows, start = 62, 46, [], 0
+        while True:
+            windows.append((start, min(start + size, len(body))))
+            if windows[-1][1] == len(body):
+                break
+            start += step
+        for i in (0, 30, 50, 60, 100, len(body) - 1):
+            def centre(span):
+                s, e = span
+                return min(i - s if s > 0 else 10**6, e - 1 - i if e < len(body) else 10**6)
+            s, e = max((w for w in windows if w[0] <= i < w[1]), key=centre)
+            window_ids = torch.cat([ids[row, :1], ids[row, 1 + s:1 + e], ids[row, length - 1:length]])[None]
+            with torch.no_grad():
+                alone = teacher(input_ids=window_ids, output_hidden_states=True)
+            position, offset = 1 + i, 1 + i - s
+            torch.testing.assert_close(merged.logits[row, position], alone.logits[0, offset], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(merged.hidden_states[2][row, position], alone.hidden_states[2][0, offset],
+                                       atol=1e-4, rtol=1e-4)
+        assert merged.logits[1, 150:].abs().max() == 0  # padding stays zero
+
+
+def test_end_to_end_efficient_student_on_litbank(tiny_bert_dir, tmp_path, cache_dir):
+    """A tiny 128-position BERT teacher and a 2-layer LSG student reading 512-token windows of a real
+    LitBank document: the teacher reads them in windows for KD, both are scored on the whole test
+    document, and the saved student loads with AutoModelForTokenClassification."""
+    config = {
+        "teacher": {"path": str(tiny_bert_dir), "epochs": 1, "learning_rate": 1e-3},
+        "student": {"layers": [0, 2], "attention": {"type": "lsg", "block_size": 64, "max_length": 512}},
+        "task": {"kind": "token-classification", "train": str(LITBANK / "train"), "eval": str(LITBANK / "test"),
+                 "max_length": 512},
+        "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
+        "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0},
+        "bench": {"enabled": False},
+        "output": str(tmp_path / "out"),
+        "cache_dir": str(cache_dir),
+    }
+    result = distill(config)
+    report = result.report
+    assert "lsg attention" in report["student_description"]
+    assert report["stages"][0]["steps"] == 2  # 2 documents of ~2,200 tokens: 10 windows of 512, batches of 8
+    for role in ("teacher", "student"):
+        assert 0.0 <= report[role]["score"] <= 1.0
+    import lmdistill.models.lsg  # noqa: F401  (registration, as the README says)
+
+    student = AutoModelForTokenClassification.from_pretrained(result.student_dir)
+    assert type(student).__name__ == "LSGBertForTokenClassification"
+    assert student.config.max_position_embeddings == 512
+
+
+# ---- bad input: one line, exit 2, nothing written ---------------------------------------------------------
+def efficient_config(teacher, tmp_path, cache_dir, attention):
+    config = sst2_config(teacher, tmp_path / "out", cache_dir)
+    config["student"] = {"layers": [0, 2], "attention": attention}
+    return config
+
+
+def test_bad_attention_settings(tiny_bert_dir, tmp_path, cache_dir, capsys):
+    cases = [
+        ({"type": "reformer"}, "student.attention: unknown attention type 'reformer' (choose from: full, longformer"),
+        ({"type": "longformer", "window": 1024, "max_length": 512}, "window 1024 is larger than max_length 512"),
+        ({"type": "longformer", "window": 101, "max_length": 512}, "Longformer's attention_window must be even"),
+        ({"type": "bigbird", "max_length": 512}, "(5 + 2 x num_random_blocks) x block_size = 704"),
+        ({"type": "nystromformer", "num_landmarks": 48, "max_length": 512}, "multiple of num_landmarks"),
+        ({"type": "lsg", "block_size": 32, "max_length": 64}, "64 is below the teacher's 128 positions"),
+    ]
+    for attention, fragment in cases:
+        code, err = run_cli(efficient_config(tiny_bert_dir, tmp_path, cache_dir, attention), tmp_path, capsys)
+        assert_one_line_error(code, err, fragment)
+        assert not (tmp_path / "out").exists()
+
+
+def test_attention_for_an_architecture_we_cannot_convert(tiny_llama_dir, tmp_path, cache_dir, capsys):
+    config = efficient_config(tiny_llama_dir, tmp_path, cache_dir, {"type": "longformer", "window": 64})
+    code, err = run_cli(config, tmp_path, capsys)
+    assert_one_line_error(code, err, "cannot convert a llama model", "supported: BERT-family encoders")
+    assert not (tmp_path / "out").exists()
+
+
+def test_brat_entity_outside_the_text(tiny_bert_dir, tmp_path, cache_dir, capsys):
+    folder = tmp_path / "brat"
+    folder.mkdir()
+    (folder / "doc.txt").write_text("Tom went to London .\n")
+    (folder / "doc.ann").write_text("T1\tPER 0 3\tTom\nT2\tGPE 12 40\tLondon .\n")
+    config = sst2_config(tiny_bert_dir, tmp_path / "out", cache_dir)
+    config["task"] = {"kind": "token-classification", "train": str(folder), "eval": str(folder)}
+    code, err = run_cli(config, tmp_path, capsys)
+    assert_one_line_error(code, err, "doc.ann:2: entity T2 span 12-40 is outside the text (21 characters")
+    assert not (tmp_path / "out").exists()
