@@ -232,7 +232,7 @@ def test_stage2_loss_masks_padding_and_never_trains_teacher_filters(tiny_bert_di
     loss_fn = recipe.stages()[-1].loss
     loss, logs = loss_fn(s_feat, t_feat, batch)
     assert set(logs) == {"task", "kd", "mse"} and torch.isfinite(loss)
-    expected = logs["task"] + 20.0 * logs["kd"] + 10.0 * logs["mse"]  # the default alpha_kl, alpha_mse
+    expected = float(logs["task"]) + 20.0 * float(logs["kd"]) + 10.0 * float(logs["mse"])  # the default alpha_kl, alpha_mse
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # Garbage in the teacher's padded positions changes the MSE only when padding counts.
     noisy = [h.clone() for h in t_feat.hidden_states]
@@ -240,7 +240,7 @@ def test_stage2_loss_masks_padding_and_never_trains_teacher_filters(tiny_bert_di
         h[1, 3:] += 100.0
     t_noisy = type(t_feat)(t_feat.logits, tuple(noisy), None, t_feat.mask, None)
     _, noisy_logs = loss_fn(s_feat, t_noisy, batch)
-    assert (noisy_logs["mse"] == pytest.approx(logs["mse"], rel=1e-6)) is mask_padding
+    assert (float(noisy_logs["mse"]) == pytest.approx(float(logs["mse"]), rel=1e-6)) is mask_padding
     # Gradients reach the student and its filters, never the teacher's filters.
     loss.backward()
     assert all(p.grad is None for p in recipe.teacher_filters.parameters())

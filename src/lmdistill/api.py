@@ -112,8 +112,8 @@ def finetune_teacher(teacher, tokenizer, source: str, config: ExperimentConfig, 
         info["reused_cache"] = True
         return teacher, str(cached), info
     logger.info("the teacher has no trained head for this task: fine-tuning it first (cached as %s)", key)
-    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).item()}),
-                  uses_teacher=False)
+    stage = Stage("teacher-finetune", lambda s, t, b: (task_loss(s), {"task": task_loss(s).detach()}),
+                  teacher_needs=None)
     run_stage(
         stage, 0, teacher, None, task.train_dataset(tokenizer, teacher.config), task.collator(tokenizer), config,
         cache_dir / "teachers" / f"{key}.work", task.label_keys, resume=True,
@@ -177,6 +177,19 @@ def _batch_maker(task: Task, tokenizer, model):
     return lambda batch_size, seq_len: task.bench_batch(tokenizer, batch_size, seq_len, model.config)
 
 
+def recipe_context(config: ExperimentConfig, task: Task, teacher, student, tokenizer, source: str) -> RecipeContext:
+    """What a recipe sees; the pretrained teacher (before task fine-tuning) is loaded only if asked for."""
+    loaded = {}
+
+    def load_pretrained_teacher():
+        if "model" not in loaded:
+            loaded["model"] = freeze(load_model(task.auto_class(), source, task.model_kwargs())[0])
+        return loaded["model"]
+
+    return RecipeContext(config=config, task=task, teacher=teacher, student=student, tokenizer=tokenizer,
+                         load_pretrained_teacher=load_pretrained_teacher, pretrained_teacher_id=f"pretrained:{source}")
+
+
 def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, overwrite: bool = False,
             overrides: list[str] | None = None) -> Result:
     """Run one experiment end to end. Returns the report and the output paths."""
@@ -206,7 +219,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                          task.model_kwargs(), tokenizer)
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
-    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
+    recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
 
     # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
@@ -224,7 +237,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
                                              task.model_kwargs(), tokenizer)
     set_seed(config.training.seed)
-    recipe = rcls(config.recipe, RecipeContext(config=config, task=task, teacher=teacher, student=student))
+    recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
     if is_main_process():

@@ -139,8 +139,15 @@ class TrainingConfig(Strict):
     save_steps: int = 500
     save_total_limit: int = 2
     num_threads: int | None = None  # torch threads for training; None leaves torch's default
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast (mixed precision) for the trained network
+    torch_compile: bool = False  # torch.compile the trained network for the stage (in place)
     dataloader_num_workers: int = 0
+    # Teacher-output cache: the teacher's outputs that a stage reads (its declared Needs) are computed
+    # once per (teacher, data) by a pass before the stage and read from disk in every later epoch,
+    # seed, run and recipe. See lmdistill.cache.
+    cache_teacher: bool = True
+    cache_top_k: int = Field(64, ge=1)  # LM vocabularies: keep the k largest logits + the tail's log-sum-exp
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
 
 
 class BenchConfig(Strict):

@@ -7,11 +7,16 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_kl(student_logits: torch.Tensor, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
     """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over rows.
 
-    student_logits, teacher_logits: [N, C]. The T^2 factor keeps gradient size independent of T.
+    student_logits: [N, C]; teacher_logits: [N, C], or a `TopKLogits` (a cached LM teacher), for which
+    the KL is `topk_kd_kl`'s. The T^2 factor keeps gradient size independent of T.
     """
+    from lmdistill.models.features import TopKLogits
+
+    if isinstance(teacher_logits, TopKLogits):
+        return topk_kd_kl(student_logits, teacher_logits, temperature)
     if student_logits.numel() == 0:
         return student_logits.sum() * 0.0
     t = temperature
@@ -19,6 +24,48 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)  # the teacher is a target
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
     return kl.mean() * (t * t)
+
+
+def topk_kd_kl(student_logits: torch.Tensor, teacher, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 * KL between the teacher and student distributions coarsened to K + 1 outcomes: the
+    teacher's top-k tokens, and one tail bucket holding every other token. Averaged over rows.
+
+    student_logits: [N, V] (full vocabulary); teacher: a `TopKLogits` with values/indices [N, k] and
+    tail_lse [N] = log sum_{j not in top-k} exp(z_j / T), cached at this temperature.
+
+        p_i    = exp(z_i / T - Z),  Z = logsumexp(logsumexp_i(z_i / T), tail_lse)   (i in top-k)
+        p_tail = exp(tail_lse - Z)
+        q_i    = softmax(s / T)_i,  q_tail = sum of q over the tokens outside the teacher's top-k
+        KL     = sum_i p_i log(p_i / q_i) + p_tail log(p_tail / q_tail)
+
+    This is the exact KL when the tail is empty (k = V). Otherwise it is a lower bound of the full KL
+    (merging outcomes never increases a KL divergence): the student is pulled towards the teacher's
+    top-k probabilities exactly and towards the teacher's total tail mass, but not towards the
+    teacher's shape inside the tail. The README reports its error against the full KL on real text.
+    """
+    if student_logits.numel() == 0:
+        return student_logits.sum() * 0.0
+    if abs(teacher.temperature - temperature) > 1e-9:
+        raise ValueError(f"top-k teacher logits were cached at temperature {teacher.temperature}, "
+                         f"the loss reads them at {temperature}")
+    t = temperature
+    scaled = student_logits.float() / t
+    log_z_student = scaled.logsumexp(-1)
+    indices = teacher.indices.long()
+    log_q_top = scaled.gather(-1, indices) - log_z_student.unsqueeze(-1)
+    outside = scaled.scatter(-1, indices, float("-inf"))
+    log_q_tail = outside.logsumexp(-1) - log_z_student
+
+    top = teacher.values.float() / t
+    tail = teacher.tail_lse.float()
+    log_z_teacher = torch.logaddexp(top.logsumexp(-1), tail)
+    log_p_top = top - log_z_teacher.unsqueeze(-1)
+    log_p_tail = tail - log_z_teacher
+    kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
+    p_tail = log_p_tail.exp()
+    # An empty tail (p_tail = 0, both logs -inf) contributes nothing.
+    tail_term = torch.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), torch.zeros_like(p_tail))
+    return (kl + tail_term).mean() * (t * t)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
 import safetensors.torch
@@ -23,11 +23,37 @@ from transformers.trainer_utils import get_last_checkpoint
 from lmdistill.config import ExperimentConfig
 from lmdistill.errors import ConfigError, TrainingError
 from lmdistill.models.features import Features, features_from_output
-from lmdistill.recipes.base import Stage
+from lmdistill.recipes.base import Needs, Stage
 
 logger = logging.getLogger("lmdistill")
 STATE_FILE = "stage_state.safetensors"
 DONE_FILE = "done.json"
+INDEX_KEY = "_index"  # dataset row of each example in a batch: where its cached teacher outputs are
+
+
+def network_forward(net: nn.Module, batch: dict, needs: Needs):
+    """One forward pass that asks the model for exactly what `needs` declares, nothing more."""
+    return net(**batch, output_hidden_states=needs.wants_hidden, output_attentions=needs.attentions)
+
+
+class StageCollator:
+    """Wraps a task collator: keeps each row's dataset index (for the teacher-output cache) out of the
+    padding and puts it back as a tensor, drops bookkeeping columns (`_*`), and removes the label keys
+    of a label-free stage, so nothing downstream (the model, the loss) can read a gold label."""
+
+    def __init__(self, collator, label_keys: tuple[str, ...], keep_labels: bool):
+        self.collator = collator
+        self.drop = () if keep_labels else tuple(label_keys)
+
+    def __call__(self, features: list[dict]) -> dict:
+        index = [f.get(INDEX_KEY) for f in features]
+        rows = [{k: v for k, v in f.items() if not k.startswith("_") and k not in self.drop} for f in features]
+        batch = dict(self.collator(rows))
+        for key in self.drop:
+            batch.pop(key, None)  # a collator that makes labels itself (MLM) must not leak them either
+        if index[0] is not None:
+            batch[INDEX_KEY] = torch.tensor(index, dtype=torch.long)
+        return batch
 
 
 class StageModel(nn.Module):
@@ -48,8 +74,11 @@ class StageModel(nn.Module):
         return self
 
     def forward(self, batch: dict, teacher: Features | None = None):
-        output = self.net(**batch, output_hidden_states=True, output_attentions=self.stage.output_attentions)
-        student = features_from_output(output, batch)
+        needs = self.stage.student_needs
+        if self.stage.student_forward is not None:
+            student = self.stage.student_forward(self.net, batch, needs)
+        else:
+            student = features_from_output(network_forward(self.net, batch, needs), batch)
         loss, logs = self.stage.loss(student, teacher, batch)
         return {"loss": loss, "logs": logs}
 
@@ -81,48 +110,93 @@ def load_state(model: StageModel, path: Path) -> None:
 
 
 class DistillationTrainer(Trainer):
+    """Runs one Stage. The teacher's features come from the teacher-output cache when the stage has one
+    (`teacher_outputs`), else from a live forward of the frozen teacher that asks for exactly what the
+    stage declares. Loss parts are summed on the device and read only at the logging interval."""
+
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
-    def __init__(self, *args, teacher: nn.Module | None = None, stage: Stage, label_keys=("labels",), **kwargs):
+    def __init__(self, *args, teacher: nn.Module | None = None, stage: Stage, label_keys=("labels",),
+                 teacher_outputs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage
         self.label_keys = tuple(label_keys)
         self.teacher = teacher
+        self.teacher_outputs = teacher_outputs  # a cache.CachedTeacherOutputs, or None
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
-            teacher.to(self.args.device)
-        self._log_sums: dict[str, float] = defaultdict(float)
+            if teacher_outputs is None:  # with a cache the teacher never runs here: it may stay where it is
+                teacher.to(self.args.device)
+        self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
+        self._last_logged_step = self.state.global_step
+
+    def _get_train_sampler(self, train_dataset=None):
+        # HF would read every row to learn its length; the lengths come from the Arrow column at once.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "with_format"):
+            import pyarrow.compute as pc
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            table = dataset.with_format("arrow")[:]
+            lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+        return super()._get_train_sampler(train_dataset)
+
+    def teacher_features(self, inputs: dict, index: torch.Tensor | None) -> Features | None:
+        needs = self.stage.teacher_needs
+        if needs is None or self.teacher is None and self.teacher_outputs is None:
+            return None
+        if self.teacher_outputs is not None:
+            return self.teacher_outputs.features(index, inputs)
+        teacher_inputs = {k: v for k, v in inputs.items() if k not in self.label_keys}
+        with torch.no_grad():
+            self.teacher.eval()
+            if self.stage.teacher_forward is not None:
+                return self.stage.teacher_forward(self.teacher, teacher_inputs, needs)
+            output = network_forward(self.teacher, teacher_inputs, needs)
+        return features_from_output(output, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        teacher_features = None
-        if self.teacher is not None and self.stage.uses_teacher:
-            teacher_inputs = {k: v for k, v in inputs.items() if k not in self.label_keys}
-            with torch.no_grad():
-                self.teacher.eval()
-                output = self.teacher(
-                    **teacher_inputs, output_hidden_states=True, output_attentions=self.stage.output_attentions
-                )
-            teacher_features = features_from_output(output, inputs)
-        result = model(batch=inputs, teacher=teacher_features)
+        inputs = dict(inputs)
+        index = inputs.pop(INDEX_KEY, None)
+        result = model(batch=inputs, teacher=self.teacher_features(inputs, index))
         loss = result["loss"]
-        if not torch.isfinite(loss.detach()).all():
-            raise TrainingError(
-                f"stage '{self.stage.name}': the loss is {loss.item()} at step {self.state.global_step + 1}; "
-                "lower training.learning_rate or check the data"
-            )
+        # No host sync here: the parts stay on the device until the logging interval reads them.
         for name, value in result["logs"].items():
-            self._log_sums[name] += float(value)
+            value = torch.as_tensor(value).detach().float()
+            self._log_sums[name] = self._log_sums[name] + value if name in self._log_sums else value
+        self._log_sums["_total"] = self._log_sums.get("_total", 0) + loss.detach().float()
         self._log_count += 1
         return (loss, result) if return_outputs else loss
 
+    def read_logs(self) -> dict[str, float]:
+        """Average the loss parts summed since the last read (one host sync); raise TrainingError
+        naming the step range if any of them is not finite."""
+        if not self._log_count:
+            return {}
+        names = list(self._log_sums)
+        values = torch.stack([torch.as_tensor(self._log_sums[n]).to(torch.float32).reshape(()) for n in names])
+        means = (values / self._log_count).tolist()
+        first, last = self._last_logged_step + 1, self.state.global_step
+        self._log_sums.clear()
+        self._log_count = 0
+        self._last_logged_step = last
+        bad = [(n, v) for n, v in zip(names, means) if not math.isfinite(v)]
+        if bad:
+            name, value = bad[0]
+            where = f"at step {last}" if first >= last else f"between steps {first} and {last}"
+            what = "the loss" if name == "_total" else f"the loss term '{name}'"
+            raise TrainingError(
+                f"stage '{self.stage.name}': {what} is {value} {where}; lower training.learning_rate or check the data"
+            )
+        return {n: round(v, 6) for n, v in zip(names, means) if n != "_total"}
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._log_count and "loss" in logs:
-            for name, total in self._log_sums.items():
-                logs[f"loss_{name}"] = round(total / self._log_count, 6)
-            self._log_sums.clear()
-            self._log_count = 0
+        if "loss" in logs:
+            logs.update({f"loss_{name}": value for name, value in self.read_logs().items()})
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -169,6 +243,7 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         save_total_limit=train.save_total_limit,
         save_only_model=False,
         eval_strategy="no",
+        logging_nan_inf_filter=False,  # a per-step isnan() is a host sync; we check at the logging interval
         report_to=["tensorboard"],
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
@@ -182,30 +257,57 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
     )
 
 
+def stage_dir_of(stage_root: Path, index: int, stage: Stage) -> Path:
+    return stage_root / f"{index:02d}-{stage.name}"
+
+
+def stage_is_done(stage_root: Path, index: int, stage: Stage) -> bool:
+    return (stage_dir_of(stage_root, index, stage) / DONE_FILE).is_file()
+
+
 def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | None, train_dataset, collator,
-              config: ExperimentConfig, stage_root: Path, label_keys, resume: bool, **arg_overrides) -> dict:
-    """Train one stage (or load it if already done). Returns its summary (steps, final loss)."""
-    stage_dir = stage_root / f"{index:02d}-{stage.name}"
+              config: ExperimentConfig, stage_root: Path, label_keys, resume: bool, teacher_outputs=None,
+              **arg_overrides) -> dict:
+    """Train one stage (or load it if already done). Returns its summary (steps, final loss).
+
+    The stage reads `stage.data` when it has its own, else (`train_dataset`, `collator`); the frozen
+    teacher is `stage.teacher` when set, else `teacher`; `teacher_outputs` (a cache reader) replaces
+    the teacher's live forward when given."""
+    stage_dir = stage_dir_of(stage_root, index, stage)
     model = StageModel(net, stage)
     done = stage_dir / DONE_FILE
     if done.is_file():
         load_state(model, stage_dir / STATE_FILE)
         logger.info("stage %s already finished; loaded its result from %s", stage.name, stage_dir)
         return json.loads(done.read_text())
+    if stage.data is not None:
+        train_dataset, collator = stage.data.dataset, stage.data.collator
+    if teacher_outputs is not None and INDEX_KEY not in train_dataset.column_names:
+        train_dataset = train_dataset.add_column(INDEX_KEY, list(range(len(train_dataset))))
     args = training_arguments(config, stage, stage_dir, **arg_overrides)
+    stage_teacher = (stage.teacher if stage.teacher is not None else teacher) if stage.uses_teacher else None
     trainer = DistillationTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=collator,
-        teacher=teacher if stage.uses_teacher else None,
+        data_collator=StageCollator(collator, tuple(label_keys), stage.labels),
+        teacher=stage_teacher,
+        teacher_outputs=teacher_outputs if stage.uses_teacher else None,
         stage=stage,
         label_keys=label_keys,
     )
     checkpoint = get_last_checkpoint(str(stage_dir)) if (resume and stage_dir.is_dir()) else None
     if checkpoint:
         logger.info("stage %s: resuming from %s", stage.name, checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    compiled = config.training.torch_compile
+    if compiled:
+        net.compile()  # in place: parameter names, checkpoints and the saved model stay as they are
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.read_logs()  # the steps after the last logging interval are checked too
+    finally:
+        if compiled:
+            net._compiled_call_impl = None  # evaluation and saving use the plain module again
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "stage": stage.name,

@@ -3,11 +3,17 @@
 A recipe is data plus a loss. It declares ordered `Stage`s; each stage says which network runs
 with gradients (the student, or the teacher for a teacher-side stage such as TED's filter
 learning), which extra modules train with it (projections, filters, heads), whether the backbone
-is frozen, whether the frozen teacher runs alongside, and the loss:
+is frozen, what it reads of each network (`Needs`: logits, hidden states at given layers,
+attentions; the trainer asks the models for exactly that, and the teacher-output cache stores
+exactly that), which data it trains on (`StageData`; default the task's labeled data), whether
+labels may be seen at all, which teacher runs alongside (none, the pipeline's, or its own), and
+the loss:
 
-    loss(student: Features, teacher: Features | None, batch: dict) -> (loss tensor, {name: float})
+    loss(student: Features, teacher: Features | None, batch: dict) -> (loss tensor, {name: tensor})
 
-The trainer runs stages one by one and knows no method by name.
+Log values are detached tensors: the trainer averages them on the device and reads them only at
+the logging interval (no host sync per step). The trainer runs stages one by one and knows no
+method by name.
 """
 
 from __future__ import annotations
@@ -25,17 +31,79 @@ from lmdistill.models.features import Features
 LossFn = Callable[[Features, "Features | None", dict], "tuple[torch.Tensor, dict[str, float]]"]
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a stage's loss reads of one network's forward pass; the trainer asks for nothing more.
+
+    logits:        the output logits (task logits, or LM logits over the vocabulary).
+    hidden_states: indices into HF's `hidden_states` (0 = embeddings, k = output of layer k), or "all".
+    attentions:    per-layer attention probabilities (forces eager attention).
+    temperature:   the temperature the loss reads the logits at. Only a top-k teacher-output cache uses
+                   it: the tail bucket's mass depends on it (see lmdistill.cache).
+    """
+
+    logits: bool = True
+    hidden_states: tuple[int, ...] | Literal["all"] = ()
+    attentions: bool = False
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.hidden_states != "all":
+            object.__setattr__(self, "hidden_states", tuple(sorted({int(i) for i in self.hidden_states})))
+
+    @property
+    def wants_hidden(self) -> bool:
+        return self.hidden_states == "all" or bool(self.hidden_states)
+
+    def layers(self, num_layers: int) -> tuple[int, ...]:
+        """The hidden_states indices needed, for a network with `num_layers` transformer layers."""
+        return tuple(range(num_layers + 1)) if self.hidden_states == "all" else self.hidden_states
+
+
+LOGITS_ONLY = Needs()
+
+
+@dataclass
+class StageData:
+    """A stage's own training data; by default a stage reads the task's labeled training set.
+
+    dataset:  tokenized `datasets.Dataset` whose columns are model inputs (and labels, if any).
+    collator: pads a list of rows into a batch.
+    name:     shown in logs and part of the teacher-output cache key (e.g. "task", "corpus").
+    static:   the teacher sees the same inputs for an example in every epoch (False for inputs that are
+              re-randomised per batch, such as MLM masking): only static data can be cached.
+    """
+
+    dataset: Any
+    collator: Callable
+    name: str = "task"
+    static: bool = True
+
+
 @dataclass
 class Stage:
+    """One training stage of a recipe. See the module docstring."""
+
     name: str
     loss: LossFn
     net: Literal["student", "teacher"] = "student"  # which network runs with gradients
     modules: dict[str, nn.Module] = field(default_factory=dict)  # extra modules trained in this stage
     train_backbone: bool = True  # False: only `modules` train; the network's own weights are frozen
-    uses_teacher: bool = True  # run the frozen teacher on every batch and pass its Features to `loss`
-    output_attentions: bool = False
+    student_needs: Needs = LOGITS_ONLY  # what the loss reads of the trained network's forward pass
+    teacher_needs: Needs | None = LOGITS_ONLY  # None: the frozen teacher does not run in this stage
+    data: StageData | None = None  # None: the task's (labeled) training data
+    labels: bool = True  # False: label keys are removed from every batch before anything sees it
+    teacher: nn.Module | None = None  # None: the pipeline's teacher (e.g. a recipe's pretrained teacher instead)
+    teacher_id: str | None = None  # identity of an overriding teacher, for the teacher-output cache key
+    student_forward: Callable | None = None  # (net, batch, needs) -> Features; None: one plain forward
+    teacher_forward: Callable | None = None  # (teacher, batch, needs) -> Features, run under no_grad (and by
+    #                                          the teacher-output cache's pass); None: one plain forward
     epochs: float | None = None  # None: training.epochs
     learning_rate: float | None = None  # None: training.learning_rate
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.teacher_needs is not None
 
 
 @dataclass
@@ -46,6 +114,13 @@ class RecipeContext:
     task: Any  # lmdistill.tasks.Task
     teacher: nn.Module | None  # frozen, task head trained
     student: nn.Module
+    tokenizer: Any = None  # the teacher's (= the student's) tokenizer
+    load_pretrained_teacher: Callable[[], nn.Module] | None = None  # the teacher before task fine-tuning
+    pretrained_teacher_id: str | None = None  # its identity (source folder), for the teacher-output cache
+
+    @property
+    def search_dirs(self) -> list:
+        return self.config.search_dirs
 
     @property
     def teacher_layers(self) -> int:

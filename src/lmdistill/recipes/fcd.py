@@ -73,7 +73,7 @@ from lmdistill.losses import (
     sequence_relations_pooled,
     token_relations,
 )
-from lmdistill.recipes.base import Recipe, Stage, logit_kd, resolve_layer_map
+from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd, resolve_layer_map
 
 
 class FCDSettings(RecipeConfig):
@@ -142,13 +142,13 @@ class FCDRecipe(Recipe):
                 if student.task_loss is None:
                     raise ConfigError("recipe.alpha_task: the batch has no labels; set recipe.alpha_task: 0")
                 total = total + settings.alpha_task * student.task_loss
-                logs["task"] = float(student.task_loss.detach())
+                logs["task"] = student.task_loss.detach()
             if settings.alpha_kd > 0:
                 # The trainer runs the teacher under no_grad; detach anyway so the loss never trains it.
                 frozen = dataclasses.replace(teacher, logits=teacher.logits.detach())
                 kd = logit_kd(task, student, frozen, settings.temperature)
                 total = total + settings.alpha_kd * kd
-                logs["kd"] = float(kd.detach())
+                logs["kd"] = kd.detach()
             mask = student.mask
             for weight, term, label in ((settings.beta, self.token_term, "token"),
                                         (settings.gamma, self.sequence_term, "sequence")):
@@ -157,7 +157,12 @@ class FCDRecipe(Recipe):
                 value = sum(term(student.hidden_states[s], teacher.hidden_states[t], mask)
                             for s, t in self.layer_map) / len(self.layer_map)
                 total = total + weight * value
-                logs[label] = float(value.detach())
+                logs[label] = value.detach()
             return total, logs
 
-        return [Stage("fcd", loss)]
+        relations = settings.beta > 0 or settings.gamma > 0
+        return [Stage("fcd", loss,
+                      student_needs=Needs(hidden_states=tuple(s for s, _ in self.layer_map) if relations else ()),
+                      teacher_needs=Needs(logits=settings.alpha_kd > 0,
+                                          hidden_states=tuple(t for _, t in self.layer_map) if relations else (),
+                                          temperature=settings.temperature))]

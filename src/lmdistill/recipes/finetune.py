@@ -19,6 +19,6 @@ class FinetuneRecipe(Recipe):
     def stages(self) -> list[Stage]:
         def loss(student, teacher, batch):
             value = task_loss(student)
-            return value, {"task": value.item()}
+            return value, {"task": value.detach()}
 
-        return [Stage("finetune", loss, uses_teacher=False)]
+        return [Stage("finetune", loss, teacher_needs=None)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from lmdistill.config import RecipeConfig
-from lmdistill.recipes.base import Recipe, Stage, logit_kd
+from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd
 
 
 class KDSettings(RecipeConfig):
@@ -19,13 +19,13 @@ class KDSettings(RecipeConfig):
 def kd_terms(task, settings: KDSettings, student, teacher) -> tuple:
     """The KD objective shared by kd, lwd and other recipes that add terms to it."""
     soft = logit_kd(task, student, teacher, settings.temperature)
-    logs = {"kd": soft.item()}
+    logs = {"kd": soft.detach()}
     total = settings.alpha * soft
     if settings.alpha < 1:
         hard = student.task_loss
         if hard is not None:
             total = total + (1 - settings.alpha) * hard
-            logs["task"] = hard.item()
+            logs["task"] = hard.detach()
     return total, logs
 
 
@@ -39,4 +39,4 @@ class KDRecipe(Recipe):
         def loss(student, teacher, batch):
             return kd_terms(task, self.settings, student, teacher)
 
-        return [Stage("kd", loss)]
+        return [Stage("kd", loss, teacher_needs=Needs(temperature=self.settings.temperature))]

@@ -15,7 +15,7 @@ from torch import nn
 
 from lmdistill.errors import ConfigError
 from lmdistill.losses import masked_cosine, masked_mse
-from lmdistill.recipes.base import Recipe, Stage, resolve_layer_map
+from lmdistill.recipes.base import Needs, Recipe, Stage, resolve_layer_map
 from lmdistill.recipes.kd import KDSettings, kd_terms
 
 
@@ -60,10 +60,13 @@ class LWDRecipe(Recipe):
                     state = self.projections[str(s)](state)
                 hidden = hidden + distance(state, teacher.hidden_states[t], mask)
             hidden = hidden / len(self.layer_map)
-            logs["hidden"] = float(hidden.detach())
+            logs["hidden"] = hidden.detach()
             return total + settings.beta * hidden, logs
 
-        return [Stage("lwd", loss, modules={"projections": self.projections})]
+        return [Stage("lwd", loss, modules={"projections": self.projections},
+                      student_needs=Needs(hidden_states=tuple(s for s, _ in self.layer_map)),
+                      teacher_needs=Needs(hidden_states=tuple(t for _, t in self.layer_map),
+                                          temperature=settings.temperature))]
 
     def extra_outputs(self):
         return {"projections": self.projections} if len(self.projections) else {}

@@ -76,7 +76,7 @@ from torch import nn
 from lmdistill.config import RecipeConfig
 from lmdistill.errors import ConfigError
 from lmdistill.losses import masked_mse
-from lmdistill.recipes.base import Recipe, Stage, logit_kd, task_loss
+from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd, task_loss
 
 KINDS = ("classification", "token-classification", "question-answering")
 
@@ -245,8 +245,8 @@ class TEDRecipe(Recipe):
             outputs = self._filter_outputs(filters, features.hidden_states)
             values = [head_loss(kind, heads[name](out), batch) for name, out in zip(filters, outputs)]
             total = sum(values) / len(values)
-            logs = {"filters": float(total.detach())}
-            logs.update({f"filter_{name}": float(v.detach()) for name, v in zip(filters, values)})
+            logs = {"filters": total.detach()}
+            logs.update({f"filter_{name}": v.detach() for name, v in zip(filters, values)})
             return total, logs
 
         return loss
@@ -256,32 +256,38 @@ class TEDRecipe(Recipe):
         hard = task_loss(student)
         soft = logit_kd(self.context.task, student, teacher, settings.temperature)
         with torch.no_grad():
-            device = teacher.hidden_states[-1].device
+            device = student.mask.device
             self.teacher_filters.to(device).eval()
             targets = self._filter_outputs(self.teacher_filters, teacher.hidden_states)
         states = self._filter_outputs(self.student_filters, student.hidden_states)
         mask = student.mask if settings.mask_padding else None
         mse = sum(masked_mse(s, t, mask) for s, t in zip(states, targets)) / len(states)
         total = hard + settings.alpha_kl * soft + settings.alpha_mse * mse
-        return total, {"task": float(hard.detach()), "kd": float(soft.detach()), "mse": float(mse.detach())}
+        return total, {"task": hard.detach(), "kd": soft.detach(), "mse": mse.detach()}
 
     def stages(self) -> list[Stage]:
         s = self.settings
 
         def finetune_loss(student, teacher, batch):
             value = task_loss(student)
-            return value, {"task": float(value.detach())}
+            return value, {"task": value.detach()}
 
+        teacher_layers = Needs(logits=False, hidden_states=tuple(self.teacher_positions))
+        student_layers = Needs(logits=False, hidden_states=tuple(self.student_positions))
         return [
             Stage("teacher-filters", self._stage1_loss(self.teacher_filters, self.teacher_heads), net="teacher",
                   modules={"filters": self.teacher_filters, "heads": self.teacher_heads}, train_backbone=False,
-                  uses_teacher=False, epochs=s.stage1_teacher_epochs, learning_rate=s.stage1_teacher_lr),
-            Stage("student-finetune", finetune_loss, uses_teacher=False,
+                  student_needs=teacher_layers, teacher_needs=None,
+                  epochs=s.stage1_teacher_epochs, learning_rate=s.stage1_teacher_lr),
+            Stage("student-finetune", finetune_loss, teacher_needs=None,
                   epochs=s.student_finetune_epochs, learning_rate=s.student_finetune_lr),
             Stage("student-filters", self._stage1_loss(self.student_filters, self.student_heads), net="student",
                   modules={"filters": self.student_filters, "heads": self.student_heads}, train_backbone=False,
-                  uses_teacher=False, epochs=s.stage1_student_epochs, learning_rate=s.stage1_student_lr),
+                  student_needs=student_layers, teacher_needs=None,
+                  epochs=s.stage1_student_epochs, learning_rate=s.stage1_student_lr),
             Stage("ted", self._stage2_loss, modules={"filters": self.student_filters},
+                  student_needs=Needs(hidden_states=tuple(self.student_positions)),
+                  teacher_needs=Needs(hidden_states=tuple(self.teacher_positions), temperature=s.temperature),
                   epochs=s.stage2_epochs, learning_rate=s.stage2_lr),
         ]
 

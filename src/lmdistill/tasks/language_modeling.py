@@ -77,6 +77,37 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vo
     return masked, labels
 
 
+def text_blocks(lines: list[str], tokenizer, block_size: int, causal: bool, source: str = "text",
+                key: str = "task.block_size") -> list[list[int]]:
+    """Token blocks of exactly `block_size` from lines of text (see the module docstring).
+
+    Every line is tokenized without special tokens; lines are joined with EOS (causal) or SEP (masked)
+    when the tokenizer has one and cut into blocks; the last partial block is dropped. Masked blocks
+    are wrapped as [CLS] ... [SEP] when the tokenizer has both (still `block_size` tokens in all).
+    """
+    ids = tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]
+    separator = tokenizer.eos_token_id if causal else tokenizer.sep_token_id
+    stream: list[int] = []
+    for line_ids in ids:
+        stream.extend(line_ids)
+        if separator is not None:
+            stream.append(separator)
+    wrap = (not causal) and tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None
+    body = block_size - 2 if wrap else block_size
+    if body < 1:
+        raise ConfigError(f"{key}: {block_size} tokens leave no room for text")
+    count = len(stream) // body
+    if count == 0:
+        raise DataError(
+            f"{source}: only {len(stream)} tokens, fewer than one block of {block_size}; "
+            f"give more text or lower {key}"
+        )
+    blocks = [stream[i * body:(i + 1) * body] for i in range(count)]
+    if wrap:
+        blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+    return blocks
+
+
 class LMCollator:
     """Pads blocks that carry labels (causal, and the pre-masked eval blocks); masks the others (MLM train)."""
 
@@ -140,27 +171,8 @@ class LanguageModelingTask(Task):
         self._ensure_pad(tokenizer)
         causal = self.causal
         lines = [str(t) for t in raw[self.text_column]]
-        ids = tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]
-        separator = tokenizer.eos_token_id if causal else tokenizer.sep_token_id
-        stream: list[int] = []
-        for line_ids in ids:
-            stream.extend(line_ids)
-            if separator is not None:
-                stream.append(separator)
-        wrap = (not causal) and tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None
-        body = max_length - 2 if wrap else max_length
-        if body < 1:
-            raise ConfigError(f"task.block_size: {max_length} tokens leave no room for text")
-        count = len(stream) // body
-        if count == 0:
-            source = self.cfg.train if split == "train" else self.cfg.eval
-            raise DataError(
-                f"{source}: only {len(stream)} tokens, fewer than one block of {max_length}; "
-                "give more text or lower task.block_size"
-            )
-        blocks = [stream[i * body:(i + 1) * body] for i in range(count)]
-        if wrap:
-            blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+        source = self.cfg.train if split == "train" else self.cfg.eval
+        blocks = text_blocks(lines, tokenizer, max_length, causal, source, "task.block_size")
         columns = {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks]}
         if causal:
             columns["labels"] = [list(b) for b in blocks]
