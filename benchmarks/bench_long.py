@@ -124,6 +124,174 @@ def cost(args) -> None:
     print(cost_lib.ratios(rows, "student L3, full (sdpa)"))
 
 
+# ---- task runs: LitBank NER, COVID-QA, short tasks ------------------------------------------------------
+def litbank_folders(litbank: Path) -> dict[str, Path]:
+    """Fold-0 split folders of brat files (symlinks into the LitBank copy)."""
+    folders = {}
+    for split in ("train", "dev", "test"):
+        folder = WORK / "data" / "litbank" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (litbank / "splits_fold0" / f"{split}.ids").read_text().split():
+            stem = name.removesuffix(".tsv")
+            for suffix in (".txt", ".ann"):
+                link = folder / (stem + suffix)
+                if not link.exists():
+                    link.symlink_to(litbank / "entities_brat" / (stem + suffix))
+        folders[split] = folder
+    return folders
+
+
+def covid_qa_files(source: Path, test_docs: int, max_train_questions: int, seed: int = 0) -> dict[str, Path]:
+    """Split COVID-QA by document (seeded shuffle of the document ids): `test_docs` documents for
+    evaluation, the rest for training, of which the first `max_train_questions` questions are kept."""
+    import random
+
+    data = json.loads(source.read_text())["data"]
+    ids = sorted(p["document_id"] for article in data for p in article["paragraphs"])
+    random.Random(seed).shuffle(ids)
+    test_ids = set(ids[:test_docs])
+    splits = {"train": [], "test": []}
+    for article in data:
+        split = "test" if article["paragraphs"][0]["document_id"] in test_ids else "train"
+        splits[split].append(article)
+    kept, count = [], 0
+    for article in splits["train"]:
+        if count >= max_train_questions:
+            break
+        paragraph = dict(article["paragraphs"][0])
+        paragraph["qas"] = paragraph["qas"][: max_train_questions - count]
+        count += len(paragraph["qas"])
+        kept.append({"paragraphs": [paragraph]})
+    splits["train"] = kept
+    folder = WORK / "data" / "covid_qa"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, articles in splits.items():
+        paths[split] = folder / f"{split}-seed{seed}-n{max_train_questions}-t{test_docs}.json"
+        paths[split].write_text(json.dumps({"data": articles}))
+    return paths
+
+
+def task_settings(args) -> tuple[str, dict]:
+    if args.command == "ner":
+        folders = litbank_folders(Path(args.litbank))
+        return "litbank", {"kind": "token-classification", "train": str(folders["train"]),
+                           "eval": str(folders["test"]), "max_length": MAX_LENGTH, "doc_stride": 128}
+    if args.command == "qa":
+        files = covid_qa_files(Path(args.covid_qa), args.test_docs, args.max_train_questions)
+        return "covidqa", {"kind": "question-answering", "train": str(files["train"]), "eval": str(files["test"]),
+                           "max_length": args.qa_length, "doc_stride": 128, "max_answer_tokens": 100}
+    raise ValueError(args.command)
+
+
+def student_settings(name: str, task_kind: str, max_length: int) -> dict:
+    student = {"layers": LAYERS}
+    if name != "full":
+        attention = dict(ATTENTION[name], max_length=max_length)
+        if name == "longformer" and task_kind == "question-answering":
+            attention["global"] = ["question"]
+        student["attention"] = attention
+    return student
+
+
+def per_document_cost(task, model, tokenizer) -> dict:
+    """Latency per evaluation document (all its windows in one batch, median over documents) and the peak
+    memory of the forward pass on the longest document (above the memory held before it, in MB)."""
+    import statistics
+
+    dataset = task.eval_dataset(tokenizer, model.config)
+    doc_column = "_doc" if "_doc" in dataset.column_names else "_example_id"
+    keep = [c for c in dataset.column_names if not c.startswith("_")]
+    collate = task.collator(tokenizer)
+    groups: dict = {}
+    for row, doc in enumerate(dataset[doc_column]):
+        groups.setdefault(doc, []).append(row)
+    model.eval()
+    times, longest = [], max(groups.values(), key=lambda rows: sum(len(dataset[r]["input_ids"]) for r in rows))
+    batches = {doc: collate([{k: dataset[r][k] for k in keep} for r in rows]) for doc, rows in groups.items()}
+    model(**batches[next(iter(batches))])  # warm-up
+    for doc, batch in batches.items():
+        start = time.perf_counter()
+        model(**batch)
+        times.append((time.perf_counter() - start) * 1000)
+    batch = collate([{k: dataset[r][k] for k in keep} for r in longest])
+    before = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    model(**batch)
+    peak = max(_status_mb("VmHWM") - before, 0.0)
+    return {"latency_ms_per_doc": round(statistics.median(times), 1), "docs": len(times),
+            "windows_per_doc": round(len(dataset) / len(groups), 2), "peak_mem_mb_longest_doc": round(peak, 1),
+            "tokens_longest_doc": int(batch["attention_mask"].sum())}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_task(args) -> None:
+    """Teacher (fine-tuned once, cached) and one student per name: train, score, measure; one JSON each."""
+    import logging
+
+    import shutil
+
+    import torch
+    from transformers import AutoConfig
+
+    from lmdistill.api import distill
+    from lmdistill.config import load_config
+    from lmdistill.models.teacher import load_model, load_tokenizer
+    from lmdistill.tasks import build_task
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    task_name, task_cfg = task_settings(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.students:
+        key = f"{task_name}-{args.recipe}-L3-{name}-s{args.seed}-e{args.epochs:g}{args.tag}"
+        path = RESULTS / f"{key}.json"
+        if path.is_file():
+            print(f"{key}: stored", flush=True)
+            continue
+        efficient = name != "full"
+        config = {
+            "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
+                        "batch_size": args.teacher_batch_size},
+            "student": student_settings(name, task_cfg["kind"], MAX_LENGTH if args.command == "ner" else args.qa_length),
+            "task": task_cfg,
+            "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
+            "training": {"epochs": args.epochs, "batch_size": args.batch_size if efficient else args.full_batch_size,
+                         "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000},
+            "bench": {"enabled": False},
+            "output": str(WORK / key),
+        }
+        print(f"{key}: training", flush=True)
+        start = time.time()
+        result = distill(config, overwrite=True)
+        wall = time.time() - start
+        task = build_task(load_config(config).task)
+        tokenizer = load_tokenizer(str(result.student_dir), "student")
+        cost = {}
+        with torch.inference_mode():
+            teacher_dir = result.report["teacher_info"].get("cache_dir") or "minilm"
+            for role, folder in (("teacher", teacher_dir), ("student", str(result.student_dir))):
+                task.bind(AutoConfig.from_pretrained(folder))
+                model = load_model(task.auto_class(), folder, {}, key=role)[0]
+                cost[role] = per_document_cost(task, model, tokenizer)
+        record = {"key": key, "wall_s": round(wall, 1), "config": config, "report": result.report, "cost": cost,
+                  "threads": torch.get_num_threads()}
+        path.write_text(json.dumps(record, indent=1))
+        report = result.report
+        print(f"[done] {key}: {report['student']['metric']} {report['student']['score']:.4f} (teacher "
+              f"{report['teacher']['score']:.4f}), retention {report['retention']:.4f}, per doc "
+              f"{cost['student']['latency_ms_per_doc']} ms vs {cost['teacher']['latency_ms_per_doc']} ms, "
+              f"{wall:.0f} s", flush=True)
+        shutil.rmtree(WORK / key, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +304,25 @@ def main(argv=None) -> int:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result name (e.g. -dev for a trial)")
     p.set_defaults(run=cost)
+    for command, help_text in (("ner", "LitBank whole-document NER"), ("qa", "COVID-QA, split by document")):
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument("--students", nargs="+", default=["full", *ATTENTION], choices=["full", *ATTENTION])
+        p.add_argument("--recipe", default="kd")
+        p.add_argument("--epochs", type=float, default=2.0)
+        p.add_argument("--teacher-epochs", type=float, default=2.0)
+        p.add_argument("--teacher-lr", type=float, default=1e-4)
+        p.add_argument("--teacher-batch-size", type=int, default=8, help="512-token windows")
+        p.add_argument("--lr", type=float, default=1e-4)
+        p.add_argument("--batch-size", type=int, default=2, help="efficient students (whole documents)")
+        p.add_argument("--full-batch-size", type=int, default=8, help="the full-attention student (512-token windows)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--tag", default="")
+        p.add_argument("--litbank", default="/work/shared/data/litbank")
+        p.add_argument("--covid-qa", default="/work/shared/data/covid_qa_prerelease/covid_qa_200423.ccby.json")
+        p.add_argument("--test-docs", type=int, default=9)
+        p.add_argument("--max-train-questions", type=int, default=300)
+        p.add_argument("--qa-length", type=int, default=MAX_LENGTH, help="QA: students' max_length")
+        p.set_defaults(run=run_task)
     args = parser.parse_args(argv)
     args.run(args)
     return 0

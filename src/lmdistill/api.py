@@ -221,6 +221,12 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     student_tokenizer = load_tokenizer(config.student.path, "student.path") if config.student.path else tokenizer
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
+    general = None
+    if config.student.general is not None:  # its corpus is read and checked here, before anything is written
+        from lmdistill.general import general_stage
+
+        general = general_stage(config.student.general, recipe_context(config, task, teacher, student, tokenizer,
+                                                                       source))
 
     # 2. The teacher gets a trained task head (fine-tuned once, then cached), and is frozen.
     prepare_output(output, resume, overwrite)
@@ -247,11 +253,15 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     # A student that reads further than the teacher's positions (efficient attention) gets a teacher
     # that reads its batches in windows, outputs merged per token.
     stage_teacher = task.distillation_teacher(teacher, tokenizer, student.config)
+    stages, overrides = recipe.stages(), {}
+    if general is not None:  # task-agnostic distillation on raw text first
+        stages, overrides = [general, *stages], {id(general): {"batch_size": config.student.general.batch_size}}
     summaries = []
-    for index, stage in enumerate(recipe.stages(), start=1):
+    for index, stage in enumerate(stages, start=1):
         net = student if stage.net == "student" else stage_teacher
         summaries.append(run_stage(stage, index, net, stage_teacher if recipe.needs_teacher else None,
-                                   train_dataset, collator, config, output / "stages", task.label_keys, resume))
+                                   train_dataset, collator, config, output / "stages", task.label_keys, resume,
+                                   **overrides.get(id(stage), {})))
         if stage.net == "teacher":
             freeze(teacher)
 

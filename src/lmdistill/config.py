@@ -83,6 +83,20 @@ class AttentionConfig(Strict):
         return self
 
 
+class GeneralDistillationConfig(Strict):
+    """Task-agnostic distillation on raw text before the recipe's stages (lmdistill/general.py)."""
+
+    corpus: str | list[str]  # plain-text files or globs (e.g. books)
+    max_tokens: int = Field(2_000_000, gt=0)  # corpus tokens read in all
+    long_length: int | None = Field(None, gt=0)  # long passages; default: the student's positions
+    short_length: int = Field(512, gt=2)  # short passages
+    short_fraction: float = Field(0.5, ge=0, le=1)  # share of the tokens in short passages
+    layer_map: Literal["uniform", "last"] | list[list[int]] = "uniform"  # student -> teacher hidden states
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float | None = Field(None, gt=0)  # None: training.learning_rate
+    batch_size: int = Field(4, gt=0)  # passages per step (long passages are long)
+
+
 class StudentConfig(Strict):
     """How the student is built. Exactly one of layers / num_layers / config / path; `attention`
     turns it into an efficient-attention model (models/efficient.py)."""
@@ -93,6 +107,7 @@ class StudentConfig(Strict):
     path: str | None = None  # any HF folder or hub name
     init_from: Literal["finetuned", "pretrained"] = "finetuned"  # which teacher weights a layer subset copies
     attention: AttentionConfig | None = None  # efficient attention: type, max_length, window / block sizes
+    general: GeneralDistillationConfig | None = None  # a task-agnostic corpus stage before the recipe's stages
 
     @model_validator(mode="after")
     def _one_source(self):
