@@ -168,3 +168,36 @@ def test_brat_entity_outside_the_text(tiny_bert_dir, tmp_path, cache_dir, capsys
     code, err = run_cli(config, tmp_path, capsys)
     assert_one_line_error(code, err, "doc.ann:2: entity T2 span 12-40 is outside the text (21 characters")
     assert not (tmp_path / "out").exists()
+
+
+def test_general_corpus_stage_before_the_task(tiny_bert_dir, tmp_path, cache_dir):
+    """`student.general`: a label-free stage on raw text (long 512-token and short 128-token passages) in
+    which the LSG student matches the pretrained teacher's hidden states (cosine), the teacher reading
+    the long passages in windows; then the recipe's own stage."""
+    config = {
+        "teacher": {"path": str(tiny_bert_dir), "epochs": 1, "learning_rate": 1e-3},
+        "student": {"layers": [0, 2], "attention": {"type": "lsg", "block_size": 64, "max_length": 512},
+                    "general": {"corpus": [str(LITBANK / "train" / "*.txt")], "max_tokens": 3000, "short_length": 128,
+                                "short_fraction": 0.4, "batch_size": 4}},
+        "task": {"kind": "token-classification", "train": str(LITBANK / "train"), "eval": str(LITBANK / "test"),
+                 "max_length": 512},
+        "recipe": {"name": "kd"},
+        "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0},
+        "bench": {"enabled": False},
+        "output": str(tmp_path / "out"),
+        "cache_dir": str(cache_dir),
+    }
+    report = distill(config).report
+    general, task_stage = report["stages"]
+    assert general["stage"] == "general" and task_stage["stage"] == "kd"
+    # 3,000 tokens: 60% in 512-token blocks (3 blocks), 40% in 128-token blocks (9 blocks); batches of 4
+    assert general["steps"] == 3
+    assert 0 < general["train_loss"] < 2  # 1 - cosine, averaged
+
+
+def test_general_corpus_that_matches_nothing(tiny_bert_dir, tmp_path, cache_dir, capsys):
+    config = efficient_config(tiny_bert_dir, tmp_path, cache_dir, {"type": "lsg", "block_size": 64, "max_length": 256})
+    config["student"]["general"] = {"corpus": ["books/*.txt"]}
+    code, err = run_cli(config, tmp_path, capsys)
+    assert_one_line_error(code, err, "student.general.corpus: 'books/*.txt' matches no file")
+    assert not (tmp_path / "out").exists()

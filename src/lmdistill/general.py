@@ -51,7 +51,7 @@ def general_stage(cfg: GeneralDistillationConfig, context: RecipeContext) -> Sta
     teacher_id = context.pretrained_teacher_id
     window = positions(teacher.config)
     if long_length > window:
-        teacher = WindowedTeacher(teacher, window, overlap=128)
+        teacher = WindowedTeacher(teacher, window, overlap=min(128, window // 4))
         teacher_id = f"{teacher_id}|{teacher.cache_id}"
 
     def loss(student_features, teacher_features, batch):

@@ -82,8 +82,9 @@ class WindowedTeacher(nn.Module):
         size = self.window - len(prefix) - len(suffix)
         if size <= self.overlap:
             raise ConfigError(
-                f"the teacher's windows of {self.window} tokens leave {size} tokens after the {len(prefix)} tokens "
-                f"repeated in each (the question); lower task.doc_stride ({self.overlap}) or shorten the questions")
+                f"the teacher's windows of {self.window} tokens leave {size} tokens besides the {len(prefix) + 1} "
+                f"tokens repeated in each (special tokens, the question), no more than the overlap of "
+                f"{self.overlap}; lower task.doc_stride or shorten the questions")
         windows, owner, best = [], {}, {}
         for w, (start, end) in enumerate(spans(len(body), size, self.overlap) if body else [(0, 0)]):
             windows.append(prefix + body[start:end] + suffix)
