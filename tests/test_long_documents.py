@@ -104,7 +104,8 @@ def test_windowed_teacher_merges_by_window_centre():
 def test_end_to_end_efficient_student_on_litbank(tiny_bert_dir, tmp_path, cache_dir):
     """A tiny 128-position BERT teacher and a 2-layer LSG student reading 512-token windows of a real
     LitBank document: the teacher reads them in windows for KD, both are scored on the whole test
-    document, and the saved student loads with AutoModelForTokenClassification."""
+    document, the report has the cost against length, and the saved student loads with
+    AutoModelForTokenClassification."""
     config = {
         "teacher": {"path": str(tiny_bert_dir), "epochs": 1, "learning_rate": 1e-3},
         "student": {"layers": [0, 2], "attention": {"type": "lsg", "block_size": 64, "max_length": 512}},
@@ -112,7 +113,7 @@ def test_end_to_end_efficient_student_on_litbank(tiny_bert_dir, tmp_path, cache_
                  "max_length": 512},
         "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
         "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0},
-        "bench": {"enabled": False},
+        "bench": {"batch_sizes": [1], "repeats": 1, "rounds": 1, "warmup": 0, "memory": False, "lengths": [128, 512]},
         "output": str(tmp_path / "out"),
         "cache_dir": str(cache_dir),
     }
@@ -122,6 +123,12 @@ def test_end_to_end_efficient_student_on_litbank(tiny_bert_dir, tmp_path, cache_
     assert report["stages"][0]["steps"] == 2  # 2 documents of ~2,200 tokens: 10 windows of 512, batches of 8
     for role in ("teacher", "student"):
         assert 0.0 <= report[role]["score"] <= 1.0
+    rows = report["cost_vs_length"]  # teacher (sdpa, eager), full-attention student (sdpa, eager), LSG student
+    assert len(rows) == 10 and {r["length"] for r in rows} == {128, 512}
+    assert all(r["latency_ms"] > 0 for r in rows)
+    for name in ("cost_vs_length.png", "cost_vs_length.md", "cost_vs_length.json"):
+        assert (result.output / name).is_file()
+    assert "Cost against sequence length" in (result.output / "report.md").read_text()
     import lmdistill.models.lsg  # noqa: F401  (registration, as the README says)
 
     student = AutoModelForTokenClassification.from_pretrained(result.student_dir)

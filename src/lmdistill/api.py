@@ -301,8 +301,41 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "stages": summaries,
         "config": config_to_dict(config),
     }
+    if config.student.attention is not None and config.bench.enabled:
+        report["cost_vs_length"] = cost_against_length(config, task, teacher, student, tokenizer, threads, output)
     paths = write_report(report, output)
     return Result(report, output, student_dir, paths)
+
+
+def cost_against_length(config: ExperimentConfig, task: Task, teacher, student, tokenizer, threads: int,
+                        output: Path) -> list[dict]:
+    """An efficient student's cost at growing lengths, beside the teacher (positions extended by copying;
+    SDPA and eager attention) and a full-attention model of the student's size (lmdistill/cost.py).
+    Writes cost_vs_length.{json,md,png} into the output folder; returns the rows."""
+    from lmdistill import cost
+    from lmdistill.models import efficient
+
+    longest = efficient.positions(student.config)
+    lengths = config.bench.lengths
+    if lengths is None:
+        lengths = [n for n in (512 * 2**k for k in range(8)) if n <= longest] or [longest]
+    lengths = [n for n in lengths if n <= longest]
+    if not lengths:
+        return []
+    settings = {"max_length": max(lengths)}
+    long_teacher = efficient.convert(teacher, settings, "full", tokenizer).eval()
+    twin = efficient.full_twin(student, teacher)
+    name = config.student.attention.type
+    models = [cost.CostModel("teacher, full (sdpa)", long_teacher, "sdpa"),
+              cost.CostModel("teacher, full (eager)", long_teacher, "eager"),
+              cost.CostModel("full-attention student (sdpa)", twin, "sdpa"),
+              cost.CostModel("full-attention student (eager)", twin, "eager"),
+              cost.CostModel(f"student ({name})", student)]
+    rows = cost.measure(models, lengths, lambda n: task.bench_batch(tokenizer, 1, n, student.config), threads,
+                        config.bench.repeats, config.bench.rounds, config.bench.memory, output)
+    cost.write(rows, output, reference="full-attention student (eager)",
+               title=f"cost against length, batch 1 ({'cuda' if torch.cuda.is_available() else 'cpu'})")
+    return rows
 
 
 def evaluate_model(model_path: str, config: ExperimentConfig) -> dict:

@@ -176,6 +176,9 @@ class BenchConfig(Strict):
     warmup: int = 3
     num_threads: int | None = None  # default: torch's current thread count
     memory: bool = True  # peak memory, measured in a fresh process per model
+    # Efficient-attention students: latency and peak memory against these lengths (cost_vs_length.*);
+    # None: 512, 1024, ... up to the student's max_length; []: not measured.
+    lengths: list[int] | None = None
 
 
 class RecipeConfig(Strict):

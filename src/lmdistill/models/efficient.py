@@ -417,6 +417,15 @@ def attach_runtime(model: nn.Module) -> nn.Module:
     return model
 
 
+def full_twin(student: nn.Module, teacher: nn.Module) -> nn.Module:
+    """A full-attention BERT of the student's size and positions (random weights: for cost only)."""
+    config = student.config
+    bert = BertConfig(**{**teacher.config.to_dict(), **{k: getattr(config, k) for k in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "id2label", "label2id")},
+        "max_position_embeddings": positions(config)})
+    return type(teacher)(bert).eval()
+
+
 def required_length(config) -> int | None:
     """The exact input length a model needs (Nystromformer in landmark mode), else None."""
     if getattr(config, "model_type", "") == "nystromformer" and config.num_landmarks != config.segment_means_seq_len:
