@@ -208,3 +208,35 @@ def test_general_corpus_that_matches_nothing(tiny_bert_dir, tmp_path, cache_dir,
     code, err = run_cli(config, tmp_path, capsys)
     assert_one_line_error(code, err, "student.general.corpus: 'books/*.txt' matches no file")
     assert not (tmp_path / "out").exists()
+
+
+def test_long_context_qa_with_an_efficient_student(tiny_bert_dir, tmp_path, cache_dir):
+    """COVID-QA articles (1,000-1,500 tokens): the Longformer student (global attention on the question)
+    reads 512-token windows, the 128-position teacher reads each of them in its own windows with the
+    question repeated; both are scored on the whole article."""
+    config = {
+        "teacher": {"path": str(tiny_bert_dir), "epochs": 1, "learning_rate": 1e-3},
+        "student": {"layers": [0, 2], "attention": {"type": "longformer", "window": 64, "max_length": 512}},
+        "task": {"kind": "question-answering", "train": str(DATA / "covid_qa" / "train.json"),
+                 "eval": str(DATA / "covid_qa" / "dev.json"), "max_length": 512, "doc_stride": 32,
+                 "max_answer_tokens": 100, "max_train_samples": 4},
+        "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
+        "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0},
+        "bench": {"enabled": False},
+        "output": str(tmp_path / "out"),
+        "cache_dir": str(cache_dir),
+    }
+    from lmdistill.config import load_config
+    from lmdistill.tasks import build_task
+
+    task = build_task(load_config(config).task)
+    tokenizer = BertTokenizer.from_pretrained(tiny_bert_dir)
+    student_config = BertConfig(max_position_embeddings=512)
+    teacher_config = BertConfig(max_position_embeddings=128)
+    student_windows = len(task.eval_dataset(tokenizer, student_config))
+    teacher_windows = len(task.eval_dataset(tokenizer, teacher_config))
+    assert 4 <= student_windows < teacher_windows  # 4 questions on one article of 1,079 tokens
+    report = distill(config).report
+    assert report["stages"][0]["steps"] >= 1
+    for role in ("teacher", "student"):
+        assert 0.0 <= report[role]["score"] <= 100.0

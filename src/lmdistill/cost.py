@@ -229,7 +229,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
