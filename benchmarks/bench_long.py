@@ -6,7 +6,8 @@ Subcommands (results: benchmarks/results/long/<key>.json; tables from those file
     python benchmarks/bench_long.py cost                 # latency + peak memory at 512..4096 tokens
     python benchmarks/bench_long.py ner                  # LitBank whole-document NER (fold 0)
     python benchmarks/bench_long.py qa                   # COVID-QA (split by document)
-    python benchmarks/bench_long.py short                # WikiANN and the SQuAD slice
+    python benchmarks/bench_long.py short --task wikiann # WikiANN (5k train sentences), students with 512 positions
+    python benchmarks/bench_long.py short --task squad   # the SQuAD v1.1 slice (269 train / 300 dev questions)
     python benchmarks/bench_long.py table --markdown benchmarks/results/long.md
 
 Models (all from the packaged MiniLM-L6 teacher, 6 layers, 384 wide, 512 positions):
@@ -47,6 +48,24 @@ ATTENTION = {
     "bigbird": {"type": "bigbird", "block_size": 64, "num_random_blocks": 3},
     "nystromformer": {"type": "nystromformer", "num_landmarks": 64},
     "lsg": {"type": "lsg", "block_size": 128, "sparse_factor": 4, "sparse_blocks": 1},
+}
+
+
+# Short tasks: the same students with 512 positions (what the conversion costs where texts are short).
+# BigBird needs max_length > (5 + 2 x 2) x 32 = 288, so every input up to 288 tokens runs full attention.
+SHORT_ATTENTION = {
+    "longformer": {"type": "longformer", "window": 128},
+    "bigbird": {"type": "bigbird", "block_size": 32, "num_random_blocks": 2},
+    "nystromformer": {"type": "nystromformer", "num_landmarks": 64},
+    "lsg": {"type": "lsg", "block_size": 64, "sparse_factor": 4, "sparse_blocks": 1},
+}
+SHORT_TASKS = {
+    "wikiann": {"kind": "token-classification", "train": str(REPO / "data/wikiann_en/train.txt"),
+                "eval": str(REPO / "data/wikiann_en/dev.txt"), "format": "conll", "max_length": 64,
+                "max_train_samples": 5000, "max_eval_samples": 2000},
+    "squad": {"kind": "question-answering", "train": str(REPO / "data/squad_v1.1/train-v1.1.University_of_Notre_Dame.json"),
+              "eval": str(REPO / "data/squad_v1.1/dev-v1.1.Super_Bowl_50.json"), "max_length": 384,
+              "max_eval_samples": 300},
 }
 
 
@@ -181,13 +200,16 @@ def task_settings(args) -> tuple[str, dict]:
         files = covid_qa_files(Path(args.covid_qa), args.test_docs, args.max_train_questions)
         return "covidqa", {"kind": "question-answering", "train": str(files["train"]), "eval": str(files["test"]),
                            "max_length": args.qa_length, "doc_stride": 128, "max_answer_tokens": 100}
+    if args.command == "short":
+        return args.task, dict(SHORT_TASKS[args.task])
     raise ValueError(args.command)
 
 
 def student_settings(name: str, task_kind: str, max_length: int) -> dict:
     student = {"layers": LAYERS}
     if name != "full":
-        attention = dict(ATTENTION[name], max_length=max_length)
+        presets = SHORT_ATTENTION if max_length <= 512 else ATTENTION
+        attention = dict(presets[name], max_length=max_length)
         if name == "longformer" and task_kind == "question-answering":
             attention["global"] = ["question"]
         student["attention"] = attention
@@ -260,7 +282,8 @@ def run_task(args) -> None:
         config = {
             "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                         "batch_size": args.teacher_batch_size},
-            "student": student_settings(name, task_cfg["kind"], MAX_LENGTH if args.command == "ner" else args.qa_length),
+            "student": student_settings(name, task_cfg["kind"], {"ner": MAX_LENGTH, "qa": args.qa_length}.get(
+                args.command, 512)),
             "task": task_cfg,
             "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
             "training": {"epochs": args.epochs, "batch_size": args.batch_size if efficient else args.full_batch_size,
@@ -292,6 +315,51 @@ def run_task(args) -> None:
         shutil.rmtree(WORK / key, ignore_errors=True)
 
 
+def describe_student(config: dict) -> str:
+    attention = config["student"].get("attention")
+    if not attention:
+        return "full attention, 512 positions (windows)"
+    settings = ", ".join(f"{k} {v}" for k, v in attention.items() if k not in ("type", "max_length"))
+    return f"{attention['type']} ({settings}), {attention['max_length']} positions"
+
+
+def table(args) -> None:
+    """Markdown tables from the stored JSON: one per task, then the cost curve."""
+    from lmdistill import cost as cost_lib
+
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if not p.name.startswith("cost")]
+    lines = []
+    for task in dict.fromkeys(r["key"].split("-")[0] for r in records):
+        mine = [r for r in records if r["key"].startswith(task + "-")]
+        first = mine[0]
+        metric = first["report"]["teacher"]["metric"]
+        lines += [f"**{task}** ({first['config']['task']['kind']}; {metric}; per-document figures on the "
+                  f"{first['cost']['teacher']['docs']} evaluation documents)", "",
+                  f"| model | attention | {metric} (x100) | retention (%) | windows / doc | latency / doc (ms) | "
+                  "peak MB (longest doc) |", "|---|---|---|---|---|---|---|"]
+        scale = 1 if first["config"]["task"]["kind"] == "question-answering" else 100
+        teacher = first["report"]["teacher"]
+        tc = first["cost"]["teacher"]
+        lines.append(f"| teacher MiniLM-L6 | full, 512 positions (windows) | {teacher['score'] * scale:.2f} | 100 | "
+                     f"{tc['windows_per_doc']} | {tc['latency_ms_per_doc']} | {tc['peak_mem_mb_longest_doc']} |")
+        for r in mine:
+            student, c = r["report"]["student"], r["cost"]["student"]
+            lines.append(f"| {r['key']} | {describe_student(r['config'])} | {student['score'] * scale:.2f} | "
+                         f"{100 * r['report']['retention']:.1f} | {c['windows_per_doc']} | {c['latency_ms_per_doc']} | "
+                         f"{c['peak_mem_mb_longest_doc']} |")
+        lines.append("")
+    for path in sorted(RESULTS.glob("cost*.json")):
+        record = json.loads(path.read_text())
+        lines += [f"**cost against length** ({path.name}; {record['device']}; median of {record['settings']['rounds']} "
+                  f"rounds of {record['settings']['repeats']} passes, batch 1)", "",
+                  cost_lib.markdown(record["rows"], "student L3, full (eager)"), "",
+                  cost_lib.ratios(record["rows"], "student L3, full (sdpa)"), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,8 +372,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result name (e.g. -dev for a trial)")
     p.set_defaults(run=cost)
-    for command, help_text in (("ner", "LitBank whole-document NER"), ("qa", "COVID-QA, split by document")):
+    for command, help_text in (("ner", "LitBank whole-document NER"), ("qa", "COVID-QA, split by document"),
+                               ("short", "a short task (WikiANN or the SQuAD slice), students with 512 positions")):
         p = sub.add_parser(command, help=help_text)
+        p.add_argument("--task", default="wikiann", choices=list(SHORT_TASKS), help="short: which task")
         p.add_argument("--students", nargs="+", default=["full", *ATTENTION], choices=["full", *ATTENTION])
         p.add_argument("--recipe", default="kd")
         p.add_argument("--epochs", type=float, default=2.0)
@@ -323,6 +393,9 @@ def main(argv=None) -> int:
         p.add_argument("--max-train-questions", type=int, default=300)
         p.add_argument("--qa-length", type=int, default=MAX_LENGTH, help="QA: students' max_length")
         p.set_defaults(run=run_task)
+    p = sub.add_parser("table", help="tables from the stored results")
+    p.add_argument("--markdown", default=None)
+    p.set_defaults(run=table)
     args = parser.parse_args(argv)
     args.run(args)
     return 0
