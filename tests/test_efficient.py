@@ -168,25 +168,65 @@ def test_lsg_attention_memory_grows_linearly():
     assert full_ratio > 3.5, full_ratio
 
 
+def test_converted_models_memory_grows_linearly(tokenizer):
+    """Whole converted models (one layer, 12 heads as MiniLM): doubling the input from 1,024 to 2,048
+    tokens about doubles the bytes Longformer, Nystromformer and LSG hold at their peak, and about
+    quadruples eager full attention's. (Longformer is a little above 2: transformers 5.23 builds an
+    L x L float mask once per forward before cutting it back to [B, L]. BigBird is left out: 5.23
+    builds its dense L x L attention-probability matrix in every layer; see the README.)"""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=96, num_hidden_layers=1, num_attention_heads=12,
+                        intermediate_size=128, max_position_embeddings=128, num_labels=3)
+    bert = BertForTokenClassification(config).eval()
+    ids = torch.randint(1000, 5000, (1, 2048))
+    settings = {"full": {}, "longformer": {"window": 256}, "nystromformer": {"num_landmarks": 64},
+                "lsg": {"block_size": 128}}
+    for kind, extra in settings.items():
+        peaks = []
+        for length in (1024, 2048):
+            model = convert(bert, kind, tokenizer, max_length=length, **extra)
+            if kind == "full":
+                model.set_attn_implementation("eager")
+            with torch.no_grad(), LiveBytes() as tracker:
+                model(input_ids=ids[:, :length])
+            peaks.append(tracker.peak)
+        ratio = peaks[1] / peaks[0]
+        if kind == "full":
+            assert ratio > 3.5, (kind, ratio)
+        else:
+            assert 1.6 < ratio < 2.6, (kind, ratio)
+
+
 class LiveBytes(TorchDispatchMode):
-    """The peak of bytes held by tensors created inside the block (freed when garbage-collected)."""
+    """The peak of bytes held by the storages of tensors created inside the block; a storage shared by
+    views is counted once, and freed when its last tensor is garbage-collected."""
 
     def __enter__(self):
+        self.storages: dict[int, list[int]] = {}  # data pointer -> [bytes, tensors alive]
         self.live = self.peak = 0
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor) and not tensor._is_view():
-                size = tensor.untyped_storage().nbytes()
-                self.live += size
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            pointer = storage.data_ptr()
+            if pointer not in self.storages:
+                self.storages[pointer] = [storage.nbytes(), 0]
+                self.live += storage.nbytes()
                 self.peak = max(self.peak, self.live)
-                weakref.finalize(tensor, self._free, size)
+            self.storages[pointer][1] += 1
+            weakref.finalize(tensor, self._release, pointer)
         return out
 
-    def _free(self, size):
-        self.live -= size
+    def _release(self, pointer):
+        entry = self.storages[pointer]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.storages[pointer]
 
 
 LOAD_CHECK = """
