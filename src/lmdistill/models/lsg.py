@@ -119,13 +119,13 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
 
     all_k, all_v, all_ok = torch.cat(keys, dim=3), torch.cat(values, dim=3), torch.cat(oks, dim=2)
     scores = torch.einsum("bhnqd,bhnkd->bhnqk", q_blocks, all_k)
-    scores = scores.masked_fill(~all_ok[:, None, :, None, :], neg)
+    scores.masked_fill_(~all_ok[:, None, :, None, :], neg)  # in place: one scores-sized tensor fewer
     probs = F.dropout(scores.softmax(-1), p=dropout, training=training)
     out = torch.einsum("bhnqk,bhnkd->bhnqd", probs, all_v).reshape(B, H, nb * b, d)
 
     if g:  # global queries see every token
         scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, :g] * scale, key)
-        scores = scores.masked_fill(~mask[:, None, None, :], neg)
+        scores.masked_fill_(~mask[:, None, None, :], neg)
         probs = F.dropout(scores.softmax(-1), p=dropout, training=training)
         out = torch.cat([torch.einsum("bhqk,bhkd->bhqd", probs, value), out[:, :, g:]], dim=2)
     return out[:, :, :L]
