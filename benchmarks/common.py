@@ -283,7 +283,7 @@ def validate(runs: list[Run]) -> None:
             for field in ("train", "eval"):
                 if not Path(run.config["task"][field]).is_file():
                     raise ConfigError(f"task.{field}: {run.config['task'][field]} not found")
-            if config.recipe.name == "ted":  # the filter-count check TEDRecipe makes when it is built
+            if config.recipe.name == "ted" and config.teacher.path == TEACHER["path"]:  # TEDRecipe's filter-count check
                 layers = config.student.num_layers or (config.student.config or {}).get("num_hidden_layers")
                 s_count = layers // config.recipe.student_filter_interval
                 t_interval = config.recipe.teacher_filter_interval or max(1, TEACHER_LAYERS // max(1, s_count))
@@ -339,21 +339,28 @@ def _claim(run: Run) -> bool:
     return False
 
 
-def run_one(run: Run) -> dict:
-    """Train and measure one run, write its JSON atomically, delete its folder; return the record."""
+def run_one(run: Run, after=None) -> dict:
+    """Train and measure one run, write its JSON atomically, delete its folder; return the record.
+    `after(result)` (a suite's extra measurement of the trained run) returns fields added to the record."""
     _import_lmdistill()
     from lmdistill.api import distill
     from lmdistill.config import config_to_dict, load_config
+    from lmdistill.run_folder import MARKER
 
     output = Path(run.config["output"])
     config = load_config(run.config)
     try:  # a killed run with the same config continues from its checkpoints; anything else starts over
         same = json.loads((output / "config.json").read_text()) == config_to_dict(config)
+        same = same and (output / MARKER).is_file()  # folders of older lmdistill versions cannot resume
     except (OSError, json.JSONDecodeError):
         same = False
+    if not same:
+        shutil.rmtree(output, ignore_errors=True)  # runs/bench/<key> is this harness's own folder
     start = time.time()
-    result = distill(config, resume=same, overwrite=not same)
+    result = distill(config, resume=same)
     record = {"key": run.key, "wall_s": round(time.time() - start, 1), "config": run.config, "report": result.report}
+    if after is not None:
+        record.update(after(result))
     RUNS.mkdir(parents=True, exist_ok=True)
     tmp = run.path.with_name(f".tmp-{run.path.name}")
     tmp.write_text(json.dumps(record, indent=1))
@@ -362,7 +369,7 @@ def run_one(run: Run) -> dict:
     return record
 
 
-def execute(runs: list[Run]) -> list[str]:
+def execute(runs: list[Run], after=None) -> list[str]:
     """Run every planned run whose JSON is missing; keep going past failures; return the failed keys."""
     import logging
 
@@ -377,7 +384,7 @@ def execute(runs: list[Run]) -> list[str]:
             continue
         print(f"[{i}/{len(todo)}] {run.key}", flush=True)
         try:
-            record = run_one(run)
+            record = run_one(run, after)
         except Exception as err:  # one failed run should not stop an hours-long suite
             failed.append(run.key)
             print(f"[fail] {run.key}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
@@ -501,16 +508,16 @@ def add_mode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table to FILE")
 
 
-def suite_main(args: argparse.Namespace, runs: list[Run], title: str, render=None) -> int:
+def suite_main(args: argparse.Namespace, runs: list[Run], title: str, render=None, after=None) -> int:
     """What every suite does once it has its plan: table only, dry run, or run what is missing.
-    `render()` gives the table text (default: `table` with `title`)."""
+    `render()` gives the table text (default: `table` with `title`); `after` goes to `run_one`."""
     failed = []
     if not args.table_only:
         validate(runs)
         if args.dry_run:
             print_plan(runs)
             return 0
-        failed = execute(runs)
+        failed = execute(runs, after)
         print()
     text = render() if render else table(runs, title, Options.from_args(args))
     print(text)

@@ -284,11 +284,11 @@ def test_settings_and_causal_detection():
     assert make_recipe(student_class="LlamaForCausalLM").causal is True
     assert make_recipe(causal="true").causal is True and make_recipe(causal=True).causal is True
     assert make_recipe(causal="false", student_class="LlamaForCausalLM").causal is False
-    with pytest.raises(ConfigError, match="nothing would train"):
-        make_recipe(alpha_task=0, alpha_kd=0, beta=0, gamma=0)
     from lmdistill.config import parse_config
 
     base = sst2_config("minilm", Path("/tmp/x"), Path("/tmp/c"))
+    with pytest.raises(ConfigError, match="^recipe: alpha_task, alpha_kd, beta and gamma are all 0; nothing would train"):
+        parse_config({**base, "recipe": {"name": "fcd", "alpha_task": 0, "alpha_kd": 0, "beta": 0, "gamma": 0}})
     with pytest.raises(ConfigError, match="recipe.gama: unknown key"):
         parse_config({**base, "recipe": {"name": "fcd", "gama": 1.0}})
     with pytest.raises(ConfigError, match="recipe.token_relation"):

@@ -101,6 +101,44 @@ def test_windowed_teacher_merges_by_window_centre():
         assert merged.logits[1, 150:].abs().max() == 0  # padding stays zero
 
 
+def test_windowed_teacher_outputs_are_cached_per_row(tmp_path):
+    """The teacher-output cache's pass runs the windowed teacher on batches sorted by length; a training
+    batch (other rows, another order, other padding) reads back exactly what the live windowed teacher
+    gives on that batch. Other window settings are another cache entry."""
+    import datasets
+    from transformers import DataCollatorWithPadding
+
+    from lmdistill import cache
+    from lmdistill.recipes.base import Needs, Stage
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    teacher = BertForTokenClassification(config).eval()
+    lengths = [200, 40, 150, 64, 97, 180]  # shorter and longer than the teacher's 64 positions
+    rows = [[1] + torch.randint(5, 300, (n - 2,)).tolist() + [2] for n in lengths]
+    dataset = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * n for n in lengths]})
+    collator = DataCollatorWithPadding(BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased"))
+    stage = Stage("kd", lambda *a: None, teacher_needs=Needs(logits=True, hidden_states=(2,)))
+    windowed = WindowedTeacher(teacher, 64, 16)
+    reader = cache.prepare(stage, windowed, dataset, collator, tmp_path, 8, "float32", batch_size=4)
+    assert reader.info.status == "built"
+    pick = [4, 0, 3, 1]  # a training batch: padded to 200, rows 97/200/64/40 tokens long
+    batch = collator([{k: dataset[i][k] for k in ("input_ids", "attention_mask")} for i in pick])
+    cached = reader.features(torch.tensor(pick), batch)
+    with torch.no_grad():
+        live = windowed(**batch, output_hidden_states=True)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(cached.logits[real], live.logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached.hidden_states[2][real], live.hidden_states[2][real], atol=1e-5, rtol=1e-5)
+    # The plain teacher on a long row would be wrong (it cannot even read it); a cached entry of another
+    # windowing must never be read for this one.
+    other = cache.prepare(stage, WindowedTeacher(teacher, 64, 8), dataset, collator, tmp_path, 8, "float32", 4)
+    assert other.info.status == "built" and other.folder != reader.folder
+    again = cache.prepare(stage, WindowedTeacher(teacher, 64, 16), dataset, collator, tmp_path, 8, "float32", 4)
+    assert again.info.status == "reused" and again.folder == reader.folder
+
+
 def test_end_to_end_efficient_student_on_litbank(tiny_bert_dir, tmp_path, cache_dir):
     """A tiny 128-position BERT teacher and a 2-layer LSG student reading 512-token windows of a real
     LitBank document: the teacher reads them in windows for KD, both are scored on the whole test
@@ -156,6 +194,15 @@ def test_bad_attention_settings(tiny_bert_dir, tmp_path, cache_dir, capsys):
         code, err = run_cli(efficient_config(tiny_bert_dir, tmp_path, cache_dir, attention), tmp_path, capsys)
         assert_one_line_error(code, err, fragment)
         assert not (tmp_path / "out").exists()
+
+
+def test_token_pruning_recipes_need_a_full_attention_student(tiny_bert_dir, tmp_path, cache_dir, capsys):
+    """lad / lengthdrop swap in the prunable BERT: an efficient-attention student has none."""
+    config = efficient_config(tiny_bert_dir, tmp_path, cache_dir, {"type": "lsg", "block_size": 64, "max_length": 256})
+    config["recipe"] = {"name": "lengthdrop"}
+    code, err = run_cli(config, tmp_path, capsys)
+    assert_one_line_error(code, err, "LSGBertForSequenceClassification", "no prunable implementation")
+    assert not (tmp_path / "out").exists()
 
 
 def test_attention_for_an_architecture_we_cannot_convert(tiny_llama_dir, tmp_path, cache_dir, capsys):
@@ -219,7 +266,7 @@ def test_long_context_qa_with_an_efficient_student(tiny_bert_dir, tmp_path, cach
         "student": {"layers": [0, 2], "attention": {"type": "longformer", "window": 64, "max_length": 512}},
         "task": {"kind": "question-answering", "train": str(DATA / "covid_qa" / "train.json"),
                  "eval": str(DATA / "covid_qa" / "dev.json"), "max_length": 512, "doc_stride": 32,
-                 "max_answer_tokens": 100, "max_train_samples": 4},
+                 "max_answer_tokens": 100, "max_train_samples": 2},
         "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
         "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "seed": 0},
         "bench": {"enabled": False},
@@ -238,5 +285,24 @@ def test_long_context_qa_with_an_efficient_student(tiny_bert_dir, tmp_path, cach
     assert 4 <= student_windows < teacher_windows  # 4 questions on one article of 1,079 tokens
     report = distill(config).report
     assert report["stages"][0]["steps"] >= 1
+    assert report["stages"][0]["teacher_cache"]["status"] == "built"  # the windowed teacher's outputs, cached
     for role in ("teacher", "student"):
         assert 0.0 <= report[role]["score"] <= 100.0
+
+
+def test_a_brat_folder_is_hashed_by_content(tmp_path):
+    """--resume compares the data's hashes: a brat folder's are those of its files, so an edited .ann is a
+    different data set (not just the same folder name)."""
+    from lmdistill.config import load_config
+    from lmdistill.run_folder import data_hashes
+
+    folder = tmp_path / "brat"
+    folder.mkdir()
+    (folder / "doc.txt").write_text("Tom went to London .\n")
+    (folder / "doc.ann").write_text("T1\tPER 0 3\tTom\n")
+    config = load_config({"student": {"layers": [0]}, "recipe": {"name": "kd"}, "output": str(tmp_path / "out"),
+                          "task": {"kind": "token-classification", "train": str(folder), "eval": str(folder)}})
+    before = data_hashes(config, lambda source: tmp_path / source)
+    (folder / "doc.ann").write_text("T1\tPER 0 3\tTom\nT2\tGPE 12 18\tLondon\n")
+    after = data_hashes(config, lambda source: tmp_path / source)
+    assert before["task.train"] != after["task.train"] and before["task.eval"] != after["task.eval"]

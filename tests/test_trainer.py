@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, sst2_config
 from lmdistill.api import distill
@@ -82,6 +83,15 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_classifier_dir, tmp_path, 
     distill(config, resume=True)
     assert steps_run == []
 
+    # ...and the resumed student is the one an uninterrupted run gives, bit for bit.
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", original)
+    uninterrupted = distill({**config, "output": str(tmp_path / "uninterrupted")})
+    expected = load_file(str(uninterrupted.student_dir / "model.safetensors"))
+    resumed = load_file(str(result.student_dir / "model.safetensors"))
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    assert result.report["stages"][0]["loss_curve"] == uninterrupted.report["stages"][0]["loss_curve"]
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo on CPU, tested on Linux")
 def test_torchrun_two_processes_matches_one(tiny_classifier_dir, tmp_path):
@@ -94,7 +104,8 @@ def test_torchrun_two_processes_matches_one(tiny_classifier_dir, tmp_path):
         path.write_text(json.dumps(config))
         return path
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    # The gloo-on-CPU path, also on a GPU machine (two ranks on one GPU is not a NCCL setup).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests"), "CUDA_VISIBLE_DEVICES": ""}
     worker = str(REPO / "tests" / "ddp_worker.py")
     subprocess.run([sys.executable, worker, str(config_for("single"))], check=True, env=env, timeout=600)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

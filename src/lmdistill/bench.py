@@ -1,13 +1,18 @@
 """Cost measurements: parameters, size on disk, FLOPs, latency (median over repeats) and peak memory.
 
-Teacher and student are measured by the same function with the same inputs and thread count.
-Peak memory on CPU is measured in a fresh process per model (peak RSS, VmHWM, during load + forward,
-minus the RSS of the process before the model was loaded), because torch keeps no CPU allocator
-statistics; on CUDA it is `torch.cuda.max_memory_allocated`.
+Teacher and student are measured by the same function with the same inputs and thread count, on
+the device the model sits on (`model_device`): every batch is moved there, and CUDA timings are
+synchronised. Peak memory is measured in a fresh process per model, so each model is measured
+alone whatever else the caller holds: on CPU the peak RSS (VmHWM) during load + forward minus the
+RSS before the load (torch keeps no CPU allocator statistics); on CUDA
+`torch.cuda.max_memory_allocated` of that process (weights + activations; the caller's models
+are not counted, and its cached blocks are released first so the child has room). An ONNX export
+folder (`lmdistill.export.OnnxModel`) is measured the same way, its peak being the process's RSS.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import statistics
 import time
@@ -18,7 +23,35 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 
-def count_parameters(model: torch.nn.Module) -> int:
+def model_device(model) -> torch.device:
+    """Where the model's weights are (an onnxruntime model says `cpu`)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def measurement_device() -> torch.device:
+    """The device models are evaluated and measured on: the GPU when there is one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def release_memory() -> None:
+    """Free what Python no longer references, and return CUDA's cached blocks to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _on(device: torch.device, batch: dict) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def count_parameters(model) -> int:
+    if not isinstance(model, torch.nn.Module):
+        return model.num_parameters()
     seen, total = set(), 0
     for param in model.parameters():  # tied weights count once
         if param.data_ptr() not in seen:
@@ -28,15 +61,17 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def folder_size_mb(folder: str | Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors")) / 2**20
+    """Size of the weights on disk: safetensors files, or an ONNX graph and its external data."""
+    patterns = ("*.safetensors", "*.onnx", "*.onnx.data")
+    return sum(f.stat().st_size for pattern in patterns for f in Path(folder).rglob(pattern)) / 2**20
 
 
 @torch.inference_mode()
 def latency_ms(model, batch: dict, repeats: int, warmup: int) -> float:
     """Median wall time of one forward pass, in milliseconds."""
     model.eval()
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    device = model_device(model)
+    batch = _on(device, batch)
     for _ in range(warmup):
         model(**batch)
     times = []
@@ -52,10 +87,14 @@ def latency_ms(model, batch: dict, repeats: int, warmup: int) -> float:
 
 
 @torch.inference_mode()
-def forward_gflops(model, batch: dict) -> float:
+def forward_gflops(model, batch: dict) -> float | None:
+    """GFLOPs of one forward pass on `batch` (moved to the model's device), counted by torch's
+    FlopCounterMode; None for a model that torch does not run (an ONNX graph)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
     counter = FlopCounterMode(display=False)
     with counter:
-        model(**batch)
+        model(**_on(model_device(model), batch))
     return counter.get_total_flops() / 1e9
 
 
@@ -69,16 +108,33 @@ def _status_mb(field: str) -> float:
     return 0.0
 
 
-def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) -> None:
+def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device: str, queue) -> None:
     import transformers
 
+    import lmdistill.models.pruning  # noqa: F401  registers the prunable (token-dropping) classes
     from lmdistill.models import efficient  # registers LSG; efficient models need their runtime hooks
 
     torch.set_num_threads(threads)
+    if class_name == "onnx":
+        from lmdistill.export import OnnxModel
+
+        before = _status_mb("VmRSS")
+        OnnxModel(folder, threads)(**batch)
+        queue.put(max(_status_mb("VmHWM") - before, 0.0))
+        return
     auto_class = getattr(transformers, class_name)
     # Import the model's code before the baseline, so only weights and activations are counted.
     config = transformers.AutoConfig.from_pretrained(folder)
     model_class = auto_class._model_mapping[type(config)]
+    if device == "cuda":
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
+        model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).to(device).eval())
+        with torch.inference_mode():
+            model(**_on(torch.device(device), batch))
+        torch.cuda.synchronize()
+        queue.put(torch.cuda.max_memory_allocated() / 2**20)
+        return
     before = _status_mb("VmRSS")
     model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).eval())
     with torch.inference_mode():
@@ -87,19 +143,16 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, queue) 
     queue.put(max(peak - before, 0.0))
 
 
-def peak_memory_mb(folder: str | Path, auto_class, batch: dict, threads: int) -> float | None:
-    """Peak memory of loading the model and one forward pass on `batch`, in MiB."""
-    if torch.cuda.is_available():
-        from lmdistill.models import efficient
-
-        model = efficient.attach_runtime(auto_class.from_pretrained(str(folder), dtype=torch.float32).cuda().eval())
-        torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
-            model(**{k: v.cuda() for k, v in batch.items()})
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_memory_mb(folder: str | Path, auto_class, batch: dict, threads: int,
+                   device: torch.device | str = "cpu") -> float | None:
+    """Peak memory of loading the model and one forward pass on `batch`, in MiB, measured in a
+    fresh process (see the module docstring). auto_class: an AutoModelFor... class, or "onnx"."""
+    device = torch.device(device).type
+    release_memory()  # on CUDA: our cached blocks would otherwise leave the child less room
+    class_name = auto_class if isinstance(auto_class, str) else auto_class.__name__
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_peak_child, args=(str(folder), auto_class.__name__, batch, threads, queue))
+    process = context.Process(target=_peak_child, args=(str(folder), class_name, batch, threads, device, queue))
     process.start()
     process.join(timeout=600)
     if process.exitcode != 0:
@@ -136,14 +189,17 @@ def compare_latency(models: dict, batch_sizes: list[int], seq_len: int, repeats:
 
 def static_figures(model, folder, auto_class, make_batch, batch_sizes, seq_len: int, threads: int,
                    memory: bool = True) -> dict:
-    """Parameters, size on disk, GFLOPs at batch 1 and peak memory at the largest batch."""
+    """Parameters, size on disk, GFLOPs at batch 1 and peak memory at the largest batch, on the
+    model's device. auto_class: the model's AutoModelFor... class, or "onnx" for an ONNX folder."""
+    gflops = forward_gflops(model, make_batch(1, seq_len))
     figures = {
         "params": count_parameters(model),
         "size_mb": round(folder_size_mb(folder), 2),
-        "gflops_batch1": round(forward_gflops(model, make_batch(1, seq_len)), 4),
+        "gflops_batch1": round(gflops, 4) if gflops is not None else None,
         "peak_mem_mb": None,
     }
     if memory:
-        peak = peak_memory_mb(folder, auto_class, make_batch(max(batch_sizes), seq_len), threads)
+        peak = peak_memory_mb(folder, auto_class, make_batch(max(batch_sizes), seq_len), threads,
+                              model_device(model))
         figures["peak_mem_mb"] = round(peak, 1) if peak is not None else None
     return figures

@@ -48,11 +48,9 @@ def general_stage(cfg: GeneralDistillationConfig, context: RecipeContext) -> Sta
     dataset = corpus_mix(cfg, files, tokenizer, long_length)
     layer_map = resolve_layer_map(cfg.layer_map, context.student_layers, context.teacher_layers)
     teacher = context.load_pretrained_teacher()
-    teacher_id = context.pretrained_teacher_id
     window = positions(teacher.config)
-    if long_length > window:
+    if long_length > window:  # its window settings go into the teacher-output cache key (cache_id)
         teacher = WindowedTeacher(teacher, window, overlap=min(128, window // 4))
-        teacher_id = f"{teacher_id}|{teacher.cache_id}"
 
     def loss(student_features, teacher_features, batch):
         distance = sum(masked_cosine(student_features.hidden_states[s], teacher_features.hidden_states[t],
@@ -63,5 +61,5 @@ def general_stage(cfg: GeneralDistillationConfig, context: RecipeContext) -> Sta
                      name=f"corpus-{long_length}-{cfg.short_length}-{cfg.max_tokens}-{cfg.short_fraction}")
     return Stage("general", loss, student_needs=Needs(logits=False, hidden_states=[s for s, _ in layer_map]),
                  teacher_needs=Needs(logits=False, hidden_states=[t for _, t in layer_map]), data=data,
-                 labels=False, teacher=teacher, teacher_id=teacher_id, epochs=cfg.epochs,
+                 labels=False, teacher=teacher, teacher_id=context.pretrained_teacher_id, epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)

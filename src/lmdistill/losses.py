@@ -26,6 +26,18 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits, temperature: float = 1.0
     return kl.mean() * (t * t)
 
 
+def kept_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kept_ids: torch.Tensor | None,
+               temperature: float = 1.0) -> torch.Tensor:
+    """`kd_kl` over a compressed vocabulary (GLMD): the student predicts only the kept tokens, so the
+    teacher's logits are read at the kept columns and its distribution renormalised over them.
+
+    student_logits: [N, K]; teacher_logits: [N, V]; kept_ids: [K] teacher column of each student column
+    (None: the vocabularies are the same, plain `kd_kl`)."""
+    if kept_ids is not None:
+        teacher_logits = teacher_logits.index_select(-1, kept_ids.to(teacher_logits.device))
+    return kd_kl(student_logits, teacher_logits, temperature)
+
+
 def topk_kd_kl(student_logits: torch.Tensor, teacher, temperature: float = 1.0) -> torch.Tensor:
     """T^2 * KL between the teacher and student distributions coarsened to K + 1 outcomes: the
     teacher's top-k tokens, and one tail bucket holding every other token. Averaged over rows.
@@ -243,3 +255,43 @@ def correlation_loss(rs: torch.Tensor, rt: torch.Tensor, valid: torch.Tensor | N
         return rows
     cols = term(rs.transpose(-1, -2), rt.transpose(-1, -2), valid.transpose(-1, -2))
     return 0.5 * (rows + cols)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LAD: contrastive alignment with a memory queue, and attention-score MSE (see recipes/lad.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+def info_nce(query: torch.Tensor, positive: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07):
+    """InfoNCE with a memory queue (MoCo style), averaged over rows.
+
+    query [N, D] (student vectors), positive [N, D] (the teacher vector of the same token or sentence),
+    queue [K, D] (earlier teacher vectors, the negatives; assumed L2-normalised). Query and positive are
+    L2-normalised here; the positive and the queue are targets (no gradient):
+
+        l_n = -log( exp(q_n.k_n / tau) / (exp(q_n.k_n / tau) + sum_j exp(q_n.Q_j / tau)) )
+    """
+    if query.shape[0] == 0:
+        return query.sum() * 0.0
+    q = F.normalize(query.float(), dim=-1)
+    k = F.normalize(positive.detach().float(), dim=-1)
+    positive_logit = (q * k).sum(-1, keepdim=True)
+    negative_logits = q @ queue.detach().float().clone().t()  # a copy: the queue changes in place after the loss
+    logits = torch.cat([positive_logit, negative_logits], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def attention_score_mse(student: torch.Tensor, teacher: torch.Tensor, masked_below: float = -100.0) -> torch.Tensor:
+    """LAD's MSE between pre-softmax attention scores [B, heads, L, L] (mask already added): the first
+    row and column are dropped, masked entries (<= masked_below) are set to 0 on both sides, and the
+    mean runs over every remaining entry."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"attention scores differ in shape: student {tuple(student.shape)}, "
+                         f"teacher {tuple(teacher.shape)}")
+    s = student[:, :, 1:, 1:].float()
+    t = teacher[:, :, 1:, 1:].detach().float()
+    if s.numel() == 0:
+        return student.sum() * 0.0
+    s = torch.where(s <= masked_below, torch.zeros_like(s), s)
+    t = torch.where(t <= masked_below, torch.zeros_like(t), t)
+    return F.mse_loss(s, t)

@@ -17,11 +17,12 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from lmdistill import checkpointing, killpoint
 from lmdistill.config import ExperimentConfig
 from lmdistill.errors import ConfigError, TrainingError
+from lmdistill.io_utils import atomic_write_json
 from lmdistill.models.features import Features, features_from_output
 from lmdistill.recipes.base import Needs, Stage
 
@@ -90,15 +91,21 @@ class StageModel(nn.Module):
         return state
 
 
-def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    # Tied weights (e.g. input/output embeddings) share storage; safetensors wants each stored once.
-    seen, unique = {}, {}
+def tied_aliases(state: dict[str, torch.Tensor]) -> set[str]:
+    """Names whose tensor shares storage with an earlier name (tied weights, e.g. input/output embeddings)."""
+    seen, aliases = set(), set()
     for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if key in seen:
-            continue
-        seen[key] = name
-        unique[name] = tensor.detach().contiguous().cpu()
+            aliases.add(name)
+        seen.add(key)
+    return aliases
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    # Tied weights share storage; safetensors wants each stored once, so aliases are left out.
+    aliases = tied_aliases(state)
+    unique = {name: t.detach().contiguous().cpu() for name, t in state.items() if name not in aliases}
     tmp = path.with_name(f".tmp-{path.name}")
     safetensors.torch.save_file(unique, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
@@ -131,19 +138,6 @@ class DistillationTrainer(Trainer):
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
         self._last_logged_step = self.state.global_step
-
-    def _get_train_sampler(self, train_dataset=None):
-        # HF would read every row to learn its length; the lengths come from the Arrow column at once.
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "with_format"):
-            import pyarrow.compute as pc
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            table = dataset.with_format("arrow")[:]
-            lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=lengths)
-        return super()._get_train_sampler(train_dataset)
 
     def teacher_features(self, inputs: dict, index: torch.Tensor | None) -> Features | None:
         needs = self.stage.teacher_needs
@@ -184,7 +178,7 @@ class DistillationTrainer(Trainer):
         self._log_sums.clear()
         self._log_count = 0
         self._last_logged_step = last
-        bad = [(n, v) for n, v in zip(names, means) if not math.isfinite(v)]
+        bad = sorted(((n, v) for n, v in zip(names, means) if not math.isfinite(v)), key=lambda x: x[0] != "_total")
         if bad:
             name, value = bad[0]
             where = f"at step {last}" if first >= last else f"between steps {first} and {last}"
@@ -199,6 +193,16 @@ class DistillationTrainer(Trainer):
             logs.update({f"loss_{name}": value for name, value in self.read_logs().items()})
         super().log(logs, start_time)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """After a checkpoint is loaded: the only names it may lack are tied aliases, which it stores
+        once (save_state). HF's own check reads PreTrainedModel attributes a StageModel lacks."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        missing = set(load_result.missing_keys) - tied_aliases(model.state_dict())
+        if missing or load_result.unexpected_keys:
+            raise TrainingError(
+                f"stage '{self.stage.name}': the checkpoint does not match the model (missing "
+                f"{sorted(missing)[:3]}, unexpected {list(load_result.unexpected_keys)[:3]})")
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # Checkpoints of a StageModel: one safetensors file, tied weights stored once.
         if not self.args.should_save:
@@ -207,6 +211,68 @@ class DistillationTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         save_state(model.state_dict(), output_dir / "model.safetensors")
+        killpoint.hit("checkpoint-weights")
+
+    # ---- resume: checkpoints written whole or not at all, and a data order that survives a kill ----
+    _staging: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), written under
+        `.tmp-checkpoint-N/` and renamed into place once complete (see lmdistill.checkpointing)."""
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = run_dir / f".tmp-{name}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)  # HF rotates inside the staging folder: a no-op
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            checkpointing.publish_checkpoint(staging / name, run_dir / name)
+            staging.rmdir()
+            checkpointing.rotate(run_dir, self.args.save_total_limit)
+
+    def _run_epoch(self, *args, **kwargs):
+        if isinstance(self.data_collator, checkpointing.SeededCollate):
+            self.data_collator.epoch = kwargs["epoch"]
+        return super()._run_epoch(*args, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        killpoint.hit("step")  # after the backward pass, before the optimizer step
+        return loss
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        killpoint.hit("checkpoint-optimizer")
+
+    def _get_train_sampler(self, train_dataset=None):
+        """group_by_length: an order that depends on (seed, epoch) only, so a resumed run sees the
+        same batches (see checkpointing.EpochSeededLengthSampler). HF would read every row to learn
+        its length; the lengths come from the Arrow column at once."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        if hasattr(dataset, "with_format"):
+            import pyarrow.compute as pc
+
+            table = dataset.with_format("arrow")[:]
+            lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
+        else:
+            sampler = super()._get_train_sampler(train_dataset)
+            if sampler is None:  # an iterable dataset: its own order
+                return None
+            lengths = sampler.lengths
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return checkpointing.EpochSeededLengthSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths, seed)
 
 
 def world_size() -> int:
@@ -223,7 +289,10 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         raise ConfigError(
             f"training.batch_size: {global_batch} is not divisible by processes x gradient_accumulation_steps ({per_step})"
         )
-    return TrainingArguments(
+    if train.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"training.bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16 support; "
+                          "set training.bf16: false")
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=global_batch // per_step,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
@@ -255,6 +324,13 @@ def training_arguments(config: ExperimentConfig, stage: Stage, output_dir: Path,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         disable_tqdm=False,
     )
+    if world_size() == 1 and args.n_gpu > 1:
+        # One process drives one GPU. HF would wrap the StageModel in nn.DataParallel, which cannot
+        # split the teacher's Features nor gather the loss logs; several GPUs train under torchrun.
+        logger.warning("%d GPUs visible to one process: training on cuda:0 only (use torchrun for all)",
+                       args.n_gpu)
+        args._n_gpu = 1
+    return args
 
 
 def stage_dir_of(stage_root: Path, index: int, stage: Stage) -> Path:
@@ -277,12 +353,15 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
     model = StageModel(net, stage)
     done = stage_dir / DONE_FILE
     if done.is_file():
+        summary = json.loads(done.read_text())
         load_state(model, stage_dir / STATE_FILE)
+        if int(os.environ.get("RANK", "0")) == 0:
+            checkpointing.tidy_finished(stage_dir)
         logger.info("stage %s already finished; loaded its result from %s", stage.name, stage_dir)
-        return json.loads(done.read_text())
+        return summary
     if stage.data is not None:
         train_dataset, collator = stage.data.dataset, stage.data.collator
-    if teacher_outputs is not None and INDEX_KEY not in train_dataset.column_names:
+    if INDEX_KEY not in train_dataset.column_names:  # rows for the output cache and for SeededCollate
         train_dataset = train_dataset.add_column(INDEX_KEY, list(range(len(train_dataset))))
     args = training_arguments(config, stage, stage_dir, **arg_overrides)
     stage_teacher = (stage.teacher if stage.teacher is not None else teacher) if stage.uses_teacher else None
@@ -290,20 +369,22 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=StageCollator(collator, tuple(label_keys), stage.labels),
+        data_collator=checkpointing.SeededCollate(StageCollator(collator, tuple(label_keys), stage.labels),
+                                                  args.seed, INDEX_KEY),
         teacher=stage_teacher,
         teacher_outputs=teacher_outputs if stage.uses_teacher else None,
         stage=stage,
         label_keys=label_keys,
+        callbacks=[LogLastStep()],
     )
-    checkpoint = get_last_checkpoint(str(stage_dir)) if (resume and stage_dir.is_dir()) else None
+    checkpoint = resume_point(trainer, stage_dir) if resume else None
     if checkpoint:
         logger.info("stage %s: resuming from %s", stage.name, checkpoint)
     compiled = config.training.torch_compile
     if compiled:
         net.compile()  # in place: parameter names, checkpoints and the saved model stay as they are
     try:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.read_logs()  # the steps after the last logging interval are checked too
     finally:
         if compiled:
@@ -312,16 +393,55 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
     summary = {
         "stage": stage.name,
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": curve_mean(history),
         "train_runtime_s": result.metrics.get("train_runtime"),
         "loss_curve": [(entry["step"], entry["loss"]) for entry in history],
     }
+    if checkpoint:
+        summary["resumed_from_step"] = int(checkpoint.name.split("-")[1])  # train_runtime_s covers the rest
     if trainer.is_world_process_zero():
-        save_state(model.trainable_state_dict(), stage_dir / STATE_FILE)
-        (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
-        # The stage result is saved; its full checkpoints (weights + optimizer) are no longer needed.
-        for checkpoint in stage_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        finish_stage(model, summary, stage_dir)
     trainer.accelerator.wait_for_everyone()
     net.eval()
     return summary
+
+
+class LogLastStep(TrainerCallback):
+    """Log the final step as well, so the loss curve covers every step of the stage."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+def curve_mean(history: list[dict]) -> float | None:
+    """Mean training loss over the stage's steps, from the logged interval means (weighted by their
+    length). Unlike the Trainer's own train_loss, which covers only the steps run by the current
+    process, it is the same for a resumed stage as for an uninterrupted one."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in history:
+        total += entry["loss"] * (entry["step"] - previous)
+        steps += entry["step"] - previous
+        previous = entry["step"]
+    return total / steps if steps else None
+
+
+def resume_point(trainer: DistillationTrainer, stage_dir: Path) -> Path | None:
+    """The newest complete checkpoint of an interrupted stage; what interrupted writes left is removed."""
+    checkpoint = checkpointing.last_complete_checkpoint(stage_dir)
+    trainer.accelerator.wait_for_everyone()  # every rank has chosen before rank 0 cleans up
+    if trainer.args.should_save:
+        checkpointing.clean_partial(stage_dir)
+    trainer.accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def finish_stage(model: StageModel, summary: dict, stage_dir: Path) -> None:
+    """Save the stage result, then mark it done; a kill between the two re-enters the stage from its
+    final checkpoint. The checkpoints go last: they are not needed once done.json exists."""
+    save_state(model.trainable_state_dict(), stage_dir / STATE_FILE)
+    killpoint.hit("stage-state")
+    atomic_write_json(stage_dir / DONE_FILE, summary)
+    killpoint.hit("stage-done")
+    checkpointing.tidy_finished(stage_dir)

@@ -25,7 +25,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,

@@ -62,7 +62,7 @@ def layer_subset(model: nn.Module, keep: list[int]) -> nn.Module:
 
 
 def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict,
-                  tokenizer=None):
+                  trust_remote_code: bool = False, tokenizer=None):
     """Return (student model, description).
 
     finetuned_teacher: the teacher as the recipe uses it (task head trained).
@@ -71,7 +71,8 @@ def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_c
     tokenizer:         the student's tokenizer (its [CLS]/[SEP] ids go into an efficient student's config).
     With `cfg.attention`, the student built from the other keys is converted (models/efficient.py).
     """
-    student, description = _build_full(cfg, finetuned_teacher, load_pretrained, auto_class, model_kwargs)
+    student, description = _build_full(cfg, finetuned_teacher, load_pretrained, auto_class, model_kwargs,
+                                       trust_remote_code)
     if cfg.attention is None:
         return student, description
     from lmdistill.models import efficient
@@ -81,11 +82,13 @@ def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_c
     return student, f"{description}, {efficient.describe(cfg.attention.type, settings)}"
 
 
-def _build_full(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict):
+def _build_full(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict,
+                trust_remote_code: bool = False):
     if cfg.path is not None:
         from lmdistill.models.teacher import load_model
 
-        student, missing = load_model(auto_class, cfg.path, model_kwargs, key="student.path")
+        student, missing = load_model(auto_class, cfg.path, model_kwargs, key="student.path",
+                                      trust_remote_code=trust_remote_code)
         return student, f"{cfg.path}" + (f" ({len(missing)} new weights)" if missing else "")
     if cfg.config is not None:
         base = finetuned_teacher.config.to_dict()

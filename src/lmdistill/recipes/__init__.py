@@ -6,11 +6,15 @@ from lmdistill.errors import ConfigError
 from lmdistill.recipes.base import Recipe, RecipeContext, Stage
 from lmdistill.recipes.fcd import FCDRecipe
 from lmdistill.recipes.finetune import FinetuneRecipe
+from lmdistill.recipes.glmd import GLMDRecipe
 from lmdistill.recipes.kd import KDRecipe
+from lmdistill.recipes.lad import LADRecipe
+from lmdistill.recipes.lengthdrop import LengthDropRecipe
 from lmdistill.recipes.lwd import LWDRecipe
 from lmdistill.recipes.ted import TEDRecipe
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe)}
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (FinetuneRecipe, KDRecipe, LWDRecipe, FCDRecipe, TEDRecipe,
+                                                      LADRecipe, LengthDropRecipe, GLMDRecipe)}
 
 
 def register(recipe_class: type[Recipe]) -> type[Recipe]:

@@ -98,6 +98,10 @@ class Stage:
     student_forward: Callable | None = None  # (net, batch, needs) -> Features; None: one plain forward
     teacher_forward: Callable | None = None  # (teacher, batch, needs) -> Features, run under no_grad (and by
     #                                          the teacher-output cache's pass); None: one plain forward
+    cache_teacher: bool = True  # False: the teacher always runs live, even with training.cache_teacher: a
+    #                             teacher_forward returning Features.extras (attention scores), which the cache
+    #                             does not store, or a KL at a high temperature over a vocabulary, which a
+    #                             top-k cache approximates badly
     epochs: float | None = None  # None: training.epochs
     learning_rate: float | None = None  # None: training.learning_rate
 
@@ -151,12 +155,23 @@ class Recipe:
         self.settings = settings
         self.context = context
 
+    @classmethod
+    def prepare_student(cls, student: nn.Module, config: ExperimentConfig) -> nn.Module:
+        """The student this recipe trains, from the one the config built (default: unchanged). Called
+        before anything is written; e.g. lad swaps in the prunable class with the same weights."""
+        return student
+
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
     def extra_outputs(self) -> dict[str, nn.Module]:
         """Modules to save next to the student for inspection (TED filters, projections)."""
         return {}
+
+    def student_tokenizer(self, tokenizer):
+        """The tokenizer saved with the student and used to evaluate it, after the stages ran
+        (GLMD: the compressed vocabulary's); default the teacher's."""
+        return tokenizer
 
 
 def task_loss(features: Features) -> torch.Tensor:

@@ -63,9 +63,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lmdistill.config import RecipeConfig
+from lmdistill.config import Float, LayerMap, RecipeConfig
 from lmdistill.errors import ConfigError
 from lmdistill.losses import (
     correlation_loss,
@@ -77,17 +77,23 @@ from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd, resolve_layer
 
 
 class FCDSettings(RecipeConfig):
-    layer_map: Literal["uniform", "last"] | list[list[int]] = "uniform"
-    alpha_task: float = Field(0.5, ge=0)  # weight of the model's own loss on the gold labels (0: off)
-    alpha_kd: float = Field(0.5, ge=0)  # weight of temperature KD on the logits (0: off)
-    temperature: float = Field(4.0, gt=0)
-    beta: float = Field(1.0, ge=0)  # token-level relation term (0: sequence-only FCD)
-    gamma: float = Field(1.0, ge=0)  # sequence-level relation term (0: token-only FCD)
+    layer_map: LayerMap = "uniform"
+    alpha_task: Float = Field(0.5, ge=0)  # weight of the model's own loss on the gold labels (0: off)
+    alpha_kd: Float = Field(0.5, ge=0)  # weight of temperature KD on the logits (0: off)
+    temperature: Float = Field(4.0, gt=0)
+    beta: Float = Field(1.0, ge=0)  # token-level relation term (0: sequence-only FCD)
+    gamma: Float = Field(1.0, ge=0)  # sequence-level relation term (0: token-only FCD)
     token_relation: Literal["cosine", "softmax"] = "cosine"
     sequence_relation: Literal["position", "pooled"] = "position"
     pooling: Literal["mean", "first"] = "mean"  # sequence_relation: pooled only
     use_columns: bool = False  # also correlate columns; the loss is the mean of row and column terms
     causal: Literal["auto", "true", "false"] | bool = "auto"  # auto: from the student's config
+
+    @model_validator(mode="after")
+    def _something_trains(self):
+        if not any((self.alpha_task, self.alpha_kd, self.beta, self.gamma)):
+            raise ValueError("alpha_task, alpha_kd, beta and gamma are all 0; nothing would train")
+        return self
 
 
 def is_causal_model(model) -> bool:
@@ -114,8 +120,6 @@ class FCDRecipe(Recipe):
         super().__init__(settings, context)
         self.layer_map = resolve_layer_map(settings.layer_map, context.student_layers, context.teacher_layers)
         self.causal = resolve_causal(settings.causal, context.student)
-        if not any((settings.alpha_task, settings.alpha_kd, settings.beta, settings.gamma)):
-            raise ConfigError("recipe: alpha_task, alpha_kd, beta and gamma are all 0; nothing would train")
 
     def token_term(self, hs, ht, mask):
         kind = self.settings.token_relation

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lmdistill.config import RecipeConfig
+from lmdistill.config import Float, RecipeConfig
 from lmdistill.recipes.base import Needs, Recipe, Stage, logit_kd
 
 
 class KDSettings(RecipeConfig):
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft (teacher) loss; 1 - alpha on the labels
+    temperature: Float = Field(4.0, gt=0)
+    alpha: Float = Field(0.5, ge=0, le=1)  # weight of the soft (teacher) loss; 1 - alpha on the labels
 
 
 def kd_terms(task, settings: KDSettings, student, teacher) -> tuple:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
+from lmdistill.config import Float, LayerMap
 from lmdistill.errors import ConfigError
 from lmdistill.losses import masked_cosine, masked_mse
 from lmdistill.recipes.base import Needs, Recipe, Stage, resolve_layer_map
@@ -20,8 +21,8 @@ from lmdistill.recipes.kd import KDSettings, kd_terms
 
 
 class LWDSettings(KDSettings):
-    layer_map: Literal["uniform", "last"] | list[list[int]] = "uniform"
-    beta: float = Field(1.0, ge=0)  # weight of the hidden-state term
+    layer_map: LayerMap = "uniform"
+    beta: Float = Field(1.0, ge=0)  # weight of the hidden-state term
     distance: Literal["mse", "cosine"] = "mse"
     projection: bool = True  # learned Linear(student width -> teacher width) when widths differ
     mask_padding: bool = True

@@ -15,6 +15,8 @@ def build_task(cfg: TaskConfig, search_dirs: list[Path] | None = None) -> Task:
         from lmdistill.tasks.token_classification import TokenClassificationTask as cls
     elif cfg.kind == "question-answering":
         from lmdistill.tasks.question_answering import QuestionAnsweringTask as cls
+    elif cfg.kind == "prompt-classification":
+        from lmdistill.tasks.prompt_classification import PromptClassificationTask as cls
     else:
         from lmdistill.tasks.language_modeling import LanguageModelingTask as cls
     return cls(cfg, search_dirs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lmdistill.bench import model_device
 from lmdistill.config import TaskConfig
 from lmdistill.errors import DataError
-from lmdistill.tasks.io import load_split
+from lmdistill.tasks.io import Skips, Split, load_rows
 
 logger = logging.getLogger("lmdistill")
 
@@ -38,13 +40,30 @@ class Task:
     default_max_length: int = 128
     label_keys: tuple[str, ...] = ("labels",)
     text_format: str = "text"  # what a .txt file holds for this task (token classification: conll)
+    # The teacher sees the same inputs for a training example in every epoch (the collator adds no
+    # randomness), so its outputs can be cached (lmdistill.cache). Masked LM re-masks: False.
+    static_train_inputs: bool = True
 
     def __init__(self, cfg: TaskConfig, search_dirs: list[Path] | None = None):
         self.cfg = cfg
-        self.raw_train = load_split(cfg.train, "task.train", cfg.format, search_dirs, cfg.hub_subset,
-                                    cfg.max_train_samples, self.text_format)
-        self.raw_eval = load_split(cfg.eval, "task.eval", cfg.format, search_dirs, cfg.hub_subset,
-                                   cfg.max_eval_samples, self.text_format)
+        self.splits: dict[str, Split] = {}  # the rows in use, with the file place of each
+        self.data_notes: list[str] = []  # every "N rows skipped: ..." line logged while loading
+        for split, source, key, limit in (("train", cfg.train, "task.train", cfg.max_train_samples),
+                                          ("eval", cfg.eval, "task.eval", cfg.max_eval_samples)):
+            loaded = load_rows(source, key, cfg.format, search_dirs, cfg.hub_subset, self.text_format)
+            self.data_notes += loaded.notes
+            self.check_columns(loaded)
+            skips = Skips()
+            loaded = self.clean(split, loaded, skips)
+            notes = skips.log()
+            self.data_notes += notes
+            if len(loaded.data) == 0:
+                raise DataError(f"{key}: {source} has no usable rows ({'; '.join(notes)})")
+            if limit is not None and limit < len(loaded.data):  # the first N usable rows
+                loaded = loaded.select(list(range(limit)))
+            self.splits[split] = loaded
+        self.raw_train = self.splits["train"].data
+        self.raw_eval = self.splits["eval"].data
         self._tokenized: dict[tuple, datasets.Dataset] = {}
         self.model_config = None  # the teacher's config, bound by the pipeline before any model is built
         self.setup()
@@ -54,8 +73,16 @@ class Task:
         self.model_config = model_config
 
     # ---- subclass hooks -------------------------------------------------------------------
+    def check_columns(self, split: Split) -> None:
+        """Raise DataError (naming the file and the config key) if a column the task reads is missing."""
+
+    def clean(self, name: str, split: Split, skips: Skips) -> Split:
+        """Check every row of a whole split (`name` is "train" or "eval") before any is used: a value of
+        the wrong kind is a DataError naming its line; an unusable row is left out with `skips.add`."""
+        return split
+
     def setup(self) -> None:
-        """Check columns and labels of the raw splits; raise DataError naming the file and column."""
+        """After cleaning and max_*_samples: fix what the rows in use imply (e.g. the label set)."""
 
     def auto_class(self):
         """The AutoModelFor... class of this task (may depend on self.model_config)."""
@@ -84,6 +111,19 @@ class Task:
         """The teacher as distillation stages run it on the student's batches. Default: itself. Tasks
         whose student may read further than the teacher's positions return a windowed teacher."""
         return teacher
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Called once with the teacher's tokenizer, before anything is written: a task that depends on
+        the tokenizer (prompt verbalizers) checks it here."""
+
+    def mark_finetuned(self, model) -> None:
+        """Called on the teacher after its fine-tuning, before it is cached, so `head_is_trained` can
+        recognise it (a task whose head is the LM head has no other sign of it)."""
+
+    # A task whose batches are not plain model inputs (prompt classification: an answer position, class
+    # labels) provides the forward pass: (net, batch, needs) -> Features. The pipeline makes it the
+    # default student_forward / teacher_forward of every stage; None: one plain forward.
+    model_forward = None
 
     # ---- shared machinery ------------------------------------------------------------------
     def single_text_column(self, default: str, what: str) -> str:
@@ -142,7 +182,7 @@ class Task:
         keep = [c for c in dataset.column_names if not c.startswith("_")]
         collate = self.collator(tokenizer)
         loader = DataLoader(dataset.select_columns(keep), batch_size=batch_size, collate_fn=collate)
-        device = next(model.parameters()).device
+        device = model_device(model)  # the batches go where the model is (GPU, CPU, or onnxruntime's CPU)
         was_training = model.training
         model.eval()
         outputs = []
@@ -193,12 +233,30 @@ class LabeledTask(Task):
     labels: list[str]
     label2id: dict[str, int]
 
+    label_places: dict[str, dict[str, str]]  # split -> label -> where it first appears
+
+    def note_labels(self, name: str, found: dict[str, str], column: str, noun: str = "label") -> None:
+        """Record where each label of a split first appears (`found`: label -> place) and check that a
+        column does not write one class two ways: `1` and `1.0` (or ` pos` and `pos`) are an error, and
+        so is a column that mixes number labels and word labels (two label encodings joined, or a
+        stray header). Labels are otherwise compared as text, exactly as written."""
+        if not hasattr(self, "label_places"):
+            self.label_places = {}
+        self.label_places[name] = found
+        check_label_spellings(found, {}, column, noun)
+
     def set_label_set(self, train_labels: list[str], eval_labels: set[str], column: str, noun: str = "label"):
         """Fix the label set (train_labels, already sorted); eval may not hold a label train never had."""
         unseen = sorted(set(eval_labels) - set(train_labels))
         if unseen:
+            places = getattr(self, "label_places", {})
+            train_places = {k: v for k, v in places.get("train", {}).items() if k in set(train_labels)}
+            eval_places = places.get("eval", {})
+            check_label_spellings({k: eval_places.get(k, self.cfg.eval) for k in unseen}, train_places, column,
+                                  noun, "in train")
+            where = eval_places.get(unseen[0], self.cfg.eval)
             raise DataError(
-                f"{self.cfg.eval}: {noun} '{unseen[0]}' in column '{column}' never appears in train "
+                f"{where}: {noun} '{unseen[0]}' in column '{column}' never appears in train "
                 f"(train {noun}s: {', '.join(train_labels[:20])})"
             )
         if len(train_labels) < 2:
@@ -213,6 +271,48 @@ class LabeledTask(Task):
     def head_is_trained(self, model) -> bool:
         id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         return id2label == dict(enumerate(self.labels))
+
+
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def label_text(value, column: str, place: str) -> str | None:
+    """A label cell as text (JSON 1 and "1" are the same label); None when there is none."""
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{place}: column '{column}' holds a {'list' if isinstance(value, list) else 'JSON object'}, "
+                        "not a label")
+    return value if isinstance(value, str) else str(value)
+
+
+def check_label_spellings(found: dict[str, str], others: dict[str, str], column: str, noun: str = "label",
+                          others_name: str = "") -> None:
+    """DataError if two labels are one class written two ways (`1` / `1.0` / ` 1`, `pos` / `pos `), or
+    if number labels and word labels are mixed. `found` and `others` map label -> where it first is."""
+    def key(label: str):
+        text = label.strip()
+        return ("number", float(text)) if NUMBER.fullmatch(text) else ("word", text)
+
+    seen = {key(label): (label, place) for label, place in others.items()}
+    for label, place in found.items():
+        first = seen.setdefault(key(label), (label, place))
+        if first[0] != label:
+            there = f" {others_name}" if others_name and first[0] in others else ""
+            raise DataError(
+                f"{place}: {noun} {label!r} in column '{column}' is {noun} {first[0]!r}{there} ({first[1]}) written "
+                f"another way; write each class one way"
+            )
+    numbers = [(label, place) for label, place in {**others, **found}.items() if key(label)[0] == "number"]
+    words = [(label, place) for label, place in {**others, **found}.items() if key(label)[0] == "word"]
+    if numbers and words:
+        few, many = (numbers, words) if len(numbers) < len(words) else (words, numbers)
+        kind = "a number" if few is numbers else "a word"
+        raise DataError(
+            f"{few[0][1]}: {noun} {few[0][0]!r} in column '{column}' is {kind}, but the column also holds "
+            f"{'numbers' if many is numbers else 'words'} such as {many[0][0]!r} ({many[0][1]}); mixed label "
+            "encodings (or a stray header line?)"
+        )
 
 
 def masked_rows(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor):

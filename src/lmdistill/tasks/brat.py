@@ -10,6 +10,8 @@ when it overlaps the mention's characters.
 
 Bad files fail with one line naming the file and line: an entity span outside the text, an end
 before its start, a discontinuous span, or a mention text that differs from the text at its offsets.
+Both files are read as every data file is (`io.read_text_file`: UTF-8, a byte-order mark dropped),
+with no newline translation, so character offsets count a CRLF line end as two characters, as brat does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import datasets
 
 from lmdistill.errors import DataError
+from lmdistill.tasks.io import LINE_END, Split, read_text_file
 
 logger = logging.getLogger("lmdistill")
 ENTITY = re.compile(r"^(T\d+)\t(\S+) (\d+(?: \d+)*(?:;\d+ \d+)*)\t?(.*)$")
@@ -29,7 +32,7 @@ ENTITY = re.compile(r"^(T\d+)\t(\S+) (\d+(?: \d+)*(?:;\d+ \d+)*)\t?(.*)$")
 def read_ann(path: Path, text: str) -> list[tuple[int, int, str]]:
     """(start, end, type) of every entity mention, in file order, checked against `text`."""
     mentions = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(LINE_END.split(read_text_file(path)), start=1):
         if not line.startswith("T"):
             continue
         match = ENTITY.match(line)
@@ -80,8 +83,9 @@ def document_row(text: str, mentions: list[tuple[int, int, str]]) -> tuple[list[
     return [t for _, _, t in tokens], tags, crossing
 
 
-def read_brat(folder: Path) -> datasets.Dataset:
-    """All `*.ann` files of `folder` (sorted by name) with their `.txt`: columns id, tokens, tags."""
+def read_brat(folder: Path) -> Split:
+    """All `*.ann` files of `folder` (sorted by name) with their `.txt`: columns id, tokens, tags; each
+    row's place is its `.ann` file name."""
     anns = sorted(folder.glob("*.ann"))
     if not anns:
         raise DataError(f"{folder}: no brat .ann files in this folder")
@@ -91,7 +95,7 @@ def read_brat(folder: Path) -> datasets.Dataset:
         txt = ann.with_suffix(".txt")
         if not txt.is_file():
             raise DataError(f"{ann}: no text file {txt.name} beside it")
-        text = txt.read_text(encoding="utf-8")
+        text = read_text_file(txt)
         tokens, tags, dropped = document_row(text, read_ann(ann, text))
         crossing += dropped
         rows["id"].append(ann.stem)
@@ -99,4 +103,4 @@ def read_brat(folder: Path) -> datasets.Dataset:
         rows["tags"].append(tags)
     if crossing:
         logger.warning("%s: %d mentions cross another mention without nesting and were dropped", folder, crossing)
-    return datasets.Dataset.from_dict(rows)
+    return Split(datasets.Dataset.from_dict(rows), str(folder), [ann.name for ann in anns], "brat")

@@ -7,7 +7,8 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from lmdistill.errors import DataError
-from lmdistill.tasks.base import LabeledTask
+from lmdistill.tasks.base import LabeledTask, label_text
+from lmdistill.tasks.io import Split
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
@@ -26,7 +27,7 @@ class ClassificationTask(LabeledTask):
     kind = "classification"
     primary_metric = "accuracy"
 
-    def setup(self) -> None:
+    def check_columns(self, split: Split) -> None:
         cfg = self.cfg
         columns = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text or [])
         if not columns:
@@ -36,15 +37,48 @@ class ClassificationTask(LabeledTask):
         if cfg.label is None:
             raise DataError("task.label: name the label column")
         self.text_columns = columns
-        for split, raw, source in (("train", self.raw_train, cfg.train), ("eval", self.raw_eval, cfg.eval)):
-            for column in [*columns, cfg.label]:
-                if column not in raw.column_names:
-                    key = "task.label" if column == cfg.label else "task.text"
-                    raise DataError(
-                        f"{source}: no column '{column}' (columns: {', '.join(raw.column_names)}); set {key}"
-                    )
-        train_labels = sorted({str(v) for v in self.raw_train[cfg.label]}, key=_label_sort_key)
-        self.set_label_set(train_labels, {str(v) for v in self.raw_eval[cfg.label]}, cfg.label)
+        for column in [*columns, cfg.label]:
+            if column not in split.data.column_names:
+                key = "task.label" if column == cfg.label else "task.text"
+                raise DataError(
+                    f"{split.source}: no column '{column}' (columns: {', '.join(split.data.column_names)}); set {key}"
+                )
+
+    def clean(self, name, split, skips):
+        """A row with no text or empty text (in any text column), or no label, is skipped with a count;
+        a text cell that is not text, or a label that is a list, is an error naming the line."""
+        label_column = self.cfg.label
+        texts = {c: list(split.data[c]) for c in self.text_columns}
+        labels = list(split.data[label_column])
+        keep, found = [], {}
+        for i, value in enumerate(labels):
+            place = split.at(i)
+            reason = None
+            for column, cells in texts.items():
+                cell = cells[i]
+                if cell is None:
+                    reason = f"no text in column '{column}'"
+                elif not isinstance(cell, str):
+                    raise DataError(f"{place}: column '{column}' holds {type(cell).__name__} {cell!r:.40}, not text")
+                elif not cell.strip():
+                    reason = f"empty text in column '{column}'"
+                if reason:
+                    break
+            label = label_text(value, label_column, place)
+            if reason is None and (label is None or not label.strip()):
+                reason = f"no label in column '{label_column}'"
+            if reason:
+                skips.add(reason, place)
+                continue
+            keep.append(i)
+            found.setdefault(label, place)
+        self.note_labels(name, found, label_column)
+        return split.select(keep)
+
+    def setup(self) -> None:
+        label = self.cfg.label
+        train_labels = sorted({str(v) for v in self.raw_train[label]}, key=_label_sort_key)
+        self.set_label_set(train_labels, {str(v) for v in self.raw_eval[label]}, label)
 
     def auto_class(self):
         return AutoModelForSequenceClassification

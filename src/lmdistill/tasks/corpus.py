@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 
 from lmdistill.errors import ConfigError, DataError
+from lmdistill.tasks.io import read_text_file, split_lines
 
 
 def resolve_corpus(patterns: str | list[str], key: str, search_dirs: list[Path] | None = None) -> list[Path]:
@@ -40,14 +41,11 @@ def resolve_corpus(patterns: str | list[str], key: str, search_dirs: list[Path] 
 
 
 def read_paragraphs(path: Path) -> list[str]:
-    """The paragraphs of a text file: runs of non-blank lines joined with single spaces."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {err.start})") from None
+    """The paragraphs of a text file: runs of non-blank lines joined with single spaces. The file is
+    read as every data file is (`io.read_text_file`): invalid UTF-8, UTF-16 or a NUL byte is a
+    DataError naming the line."""
     paragraphs, current = [], []
-    for line in text.splitlines():
+    for line in split_lines(read_text_file(path)):  # a BOM and CRLF are fine; bad bytes name the line
         if line.strip():
             current.append(line.strip())
         elif current:

@@ -35,6 +35,7 @@ from transformers import (
 
 from lmdistill.errors import ConfigError, DataError
 from lmdistill.tasks.base import Task, masked_rows, perplexity
+from lmdistill.tasks.io import Split
 
 IGNORE = -100
 EVAL_MASK_SEED = 1234
@@ -127,12 +128,25 @@ class LanguageModelingTask(Task):
     primary_metric = "perplexity"
     higher_is_better = False
 
-    def setup(self) -> None:
-        cfg = self.cfg
+    def check_columns(self, split: Split) -> None:
         text = self.text_column = self.single_text_column("text", "language modelling reads one text column")
-        for raw, source in ((self.raw_train, cfg.train), (self.raw_eval, cfg.eval)):
-            if text not in raw.column_names:
-                raise DataError(f"{source}: no column '{text}' (columns: {', '.join(raw.column_names)}); set task.text")
+        if text not in split.data.column_names:
+            raise DataError(f"{split.source}: no column '{text}' (columns: {', '.join(split.data.column_names)}); "
+                            "set task.text")
+
+    def clean(self, name, split, skips):
+        """jsonl rows with no text or empty text are skipped with a count (plain text files have no such
+        rows: their blank lines are not rows); a cell that is not text is an error naming the line."""
+        keep = []
+        for i, cell in enumerate(split.data[self.text_column]):
+            if cell is not None and not isinstance(cell, str):
+                raise DataError(f"{split.at(i)}: column '{self.text_column}' holds {type(cell).__name__} "
+                                f"{cell!r:.40}, not text")
+            if cell is None or not cell.strip():
+                skips.add(f"{'no' if cell is None else 'empty'} text in column '{self.text_column}'", split.at(i))
+            else:
+                keep.append(i)
+        return split.select(keep)
 
     # ---- masked or causal ---------------------------------------------------------------------
     @property
@@ -146,6 +160,10 @@ class LanguageModelingTask(Task):
     @property
     def causal(self) -> bool:
         return self.lm_type == "causal"
+
+    @property
+    def static_train_inputs(self) -> bool:  # masked LM training blocks are masked anew in every batch
+        return self.causal
 
     def auto_class(self):
         return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM

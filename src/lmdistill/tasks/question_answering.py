@@ -32,6 +32,8 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from lmdistill.errors import DataError
 from lmdistill.tasks.base import Task, logger
+from lmdistill.tasks.io import Skips, Split
+from lmdistill.tasks.json_io import whole_number
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
@@ -128,23 +130,102 @@ def postprocess(
     return answers
 
 
+def anchor_answer(context: str, text: str, start: int) -> int | None:
+    """Where `text` starts in `context`: `start` if it points at the text, else the occurrence of the
+    text nearest to `start` (offsets counted in bytes or UTF-16 units, or shifted by an edit, land
+    near the right place), else None."""
+    if 0 <= start and context.startswith(text, start):
+        return start
+    hits, at = [], context.find(text)
+    while at >= 0:
+        hits.append(at)
+        at = context.find(text, at + 1)
+    return min(hits, key=lambda h: (abs(h - start), h)) if hits else None
+
+
 class QuestionAnsweringTask(Task):
     kind = "question-answering"
     primary_metric = "f1"
     default_max_length = 384
     label_keys = ("start_positions", "end_positions")
 
-    def setup(self) -> None:
-        for raw, source in ((self.raw_train, self.cfg.train), (self.raw_eval, self.cfg.eval)):
-            missing = [c for c in COLUMNS if c not in raw.column_names]
-            if missing:
-                raise DataError(
-                    f"{source}: no column '{missing[0]}' (columns: {', '.join(raw.column_names)}); "
-                    "question answering reads SQuAD v1.1 json (id, context, question, answers)"
-                )
-        for row, answers in enumerate(self.raw_train["answers"]):
-            if not answers["text"]:
-                raise DataError(f"{self.cfg.train}: question {self.raw_train[row]['id']} has no answer")
+    def check_columns(self, split: Split) -> None:
+        missing = [c for c in COLUMNS if c not in split.data.column_names]
+        if missing:
+            raise DataError(
+                f"{split.source}: no column '{missing[0]}' (columns: {', '.join(split.data.column_names)}); "
+                "question answering reads SQuAD v1.1 json (id, context, question, answers)"
+            )
+
+    def clean(self, name, split, skips):
+        """Per question: the id, context and question must be there (else an error naming the item); an
+        empty context or question, or no usable answer, skips the question with a count. Train answers
+        whose answer_start does not point at their text are re-anchored to the nearest occurrence of the
+        text in the context (counted); an answer whose text is not in the context is dropped (counted).
+        Eval answers are scored by their text only (the official SQuAD script), so their offsets are not
+        checked; an eval id that appears twice is an error, or a skip if it is the same question."""
+        rows = split.data
+        ids, contexts, questions = list(rows["id"]), list(rows["context"]), list(rows["question"])
+        all_answers = list(rows["answers"])
+        keep, answers_out, seen = [], [], {}
+        moved, dropped = Skips("answer", "re-anchored"), Skips("answer", "dropped")
+        for i, (qid, context, question, answers) in enumerate(zip(ids, contexts, questions, all_answers)):
+            place = split.at(i)
+            for column, value in (("id", qid), ("context", context), ("question", question)):
+                if value is None or isinstance(value, (list, dict)):
+                    raise DataError(f"{place}: no '{column}'" if value is None else
+                                    f"{place}: '{column}' holds a {type(value).__name__}, not text")
+            qid = str(qid)
+            texts, starts = self._answers(answers, place)
+            if not str(context).strip() or not str(question).strip():
+                skips.add(f"empty {'context' if not str(context).strip() else 'question'}", place)
+                continue
+            if name == "eval":
+                if qid in seen:
+                    first = seen[qid]
+                    if (contexts[first], questions[first]) != (context, question):
+                        raise DataError(f"{place}: question id {qid!r} is also the id of another question "
+                                        f"({split.at(first)}); eval ids must be unique")
+                    skips.add("a repeat of an earlier question (same id, question and context)", place)
+                    continue
+                seen[qid] = i
+                kept = [(t, s) for t, s in zip(texts, starts) if t.strip()]
+            else:
+                kept = []
+                for text, start in zip(texts, starts):
+                    found = anchor_answer(str(context), text, start) if text.strip() else None
+                    if found is None:
+                        dropped.add("the answer text is not in the context" if text.strip() else
+                                    "an empty answer text", place)
+                    else:
+                        if found != start:
+                            moved.add("answer_start does not point at the answer text; used the nearest "
+                                      "occurrence of the text in the context", place)
+                        kept.append((text, found))
+            if not kept:
+                skips.add("no answer (SQuAD v2 unanswerable questions are not supported)" if not texts else
+                          "no answer left (see the dropped answers)", place)
+                continue
+            keep.append(i)
+            answers_out.append({"text": [t for t, _ in kept], "answer_start": [s for _, s in kept]})
+        self.data_notes += moved.log() + dropped.log()
+        if answers_out == [all_answers[i] for i in keep]:
+            return split.select(keep)
+        return split.replace({"answers": answers_out}, keep)
+
+    @staticmethod
+    def _answers(answers, place: str) -> tuple[list[str], list[int]]:
+        """(texts, starts) of an answers cell: {"text": [...], "answer_start": [...]}; None is no answer."""
+        if answers is None:
+            return [], []
+        if not isinstance(answers, dict) or not isinstance(answers.get("text"), list):
+            raise DataError(f"{place}: 'answers' must be {{\"text\": [...], \"answer_start\": [...]}}")
+        texts = ["" if t is None or isinstance(t, (list, dict)) else str(t) for t in answers["text"]]
+        starts = answers.get("answer_start")
+        starts = [whole_number(s) for s in starts] if isinstance(starts, list) else []
+        if len(starts) != len(texts):
+            starts = (starts + [-1] * len(texts))[:len(texts)]  # a missing answer_start: found by its text
+        return texts, starts
 
     def auto_class(self):
         return AutoModelForQuestionAnswering

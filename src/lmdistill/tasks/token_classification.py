@@ -3,7 +3,8 @@
 Data: CoNLL/IOB2 files (`token tag` per line, blank line between sentences; columns `tokens`, `tags`)
 or jsonl rows with a list-of-words column (`task.text`, default `tokens`) and a list-of-tags column
 (`task.label`, default `tags`). Tags are strings such as `B-PER`; the label set is the sorted set of
-train tags, and a tag that appears only in eval is an error.
+train tags, and a tag that appears only in eval is an error. An I-X that begins an entity (IOB1,
+or a broken IOB2 file) is read as B-X, as conlleval reads it, and counted (`repair_iob`).
 
 Words are tokenized with `is_split_into_words=True`; each word's label sits on its FIRST subword,
 the other subwords and the special tokens get -100 (ignored by the loss and the metrics).
@@ -30,6 +31,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 
 from lmdistill.errors import DataError
 from lmdistill.tasks.base import LabeledTask, logger, masked_rows
+from lmdistill.tasks.io import Skips, Split
 from lmdistill.tasks.windows import document_windows, merge_word_predictions
 
 IGNORE = -100
@@ -46,6 +48,19 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
             labels.append(word_labels[word])
         previous = word
     return labels
+
+
+def repair_iob(tags: list[str]) -> list[int]:
+    """Rewrite, in place, every I-X that begins an entity (after O, at the start, or after a tag of
+    another type) as B-X; returns the positions changed. This is how conlleval (and seqeval's default
+    mode) reads such a tag, so entity spans do not change; it also turns IOB1 into IOB2."""
+    changed, previous = [], "O"
+    for k, tag in enumerate(tags):
+        if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+            tags[k] = "B-" + tag[2:]
+            changed.append(k)
+        previous = tags[k]
+    return changed
 
 
 def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
@@ -70,28 +85,68 @@ class TokenClassificationTask(LabeledTask):
     text_format = "conll"
     primary_metric = "f1"
 
-    def setup(self) -> None:
-        cfg = self.cfg
+    def check_columns(self, split: Split) -> None:
         text = self.single_text_column("tokens", "token classification reads one column of words")
-        self.text_column, self.label_column = text, cfg.label or "tags"
-        for raw, source in ((self.raw_train, cfg.train), (self.raw_eval, cfg.eval)):
-            for column, key in ((self.text_column, "task.text"), (self.label_column, "task.label")):
-                if column not in raw.column_names:
-                    hint = "set task.format: conll" if raw.column_names == ["text"] else f"set {key}"
-                    raise DataError(
-                        f"{source}: no column '{column}' (columns: {', '.join(raw.column_names)}); {hint}"
-                    )
-            for row, (words, tags) in enumerate(zip(list(raw[self.text_column]), list(raw[self.label_column]))):
-                if not isinstance(words, (list, tuple)) or not isinstance(tags, (list, tuple)):
-                    raise DataError(
-                        f"{source}: row {row + 1}: columns '{self.text_column}' and '{self.label_column}' "
-                        "must hold lists (words and their tags)"
-                    )
-                if len(words) != len(tags):
-                    raise DataError(
-                        f"{source}: row {row + 1} has {len(words)} words in '{self.text_column}' but "
-                        f"{len(tags)} tags in '{self.label_column}'"
-                    )
+        self.text_column, self.label_column = text, self.cfg.label or "tags"
+        for column, key in ((self.text_column, "task.text"), (self.label_column, "task.label")):
+            if column not in split.data.column_names:
+                hint = "set task.format: conll" if split.data.column_names == ["text"] else f"set {key}"
+                raise DataError(
+                    f"{split.source}: no column '{column}' (columns: {', '.join(split.data.column_names)}); {hint}"
+                )
+
+    def clean(self, name, split, skips):
+        """Rows: a list of words and a list of as many tags. No words, an empty word (it has no subwords,
+        so its tag would silently vanish) or a missing tag: the row is skipped with a count. Anything
+        else malformed is an error naming the line. IOB tags: an I-X that begins an entity (after O or
+        after another type) is read as B-X, as conlleval reads it, and counted."""
+        words_column, tags_column = self.text_column, self.label_column
+        all_words, all_tags = list(split.data[words_column]), list(split.data[tags_column])
+        keep, texts, found = [], [], {}
+        for i, (words, tags) in enumerate(zip(all_words, all_tags)):
+            place = split.at(i)
+            if words is None or tags is None:
+                skips.add(f"no '{words_column if words is None else tags_column}'", place)
+                continue
+            if not isinstance(words, (list, tuple)) or not isinstance(tags, (list, tuple)):
+                raise DataError(f"{place}: columns '{words_column}' and '{tags_column}' must hold lists "
+                                "(words and their tags)")
+            if len(words) != len(tags):
+                raise DataError(f"{place}: {len(words)} words in '{words_column}' but {len(tags)} tags in "
+                                f"'{tags_column}'")
+            bad = next((w for w in [*words, *tags] if isinstance(w, (list, dict))), None)
+            if bad is not None:
+                raise DataError(f"{place}: a word or tag is a {type(bad).__name__}, not text")
+            if not words:
+                reason = "no words"
+            elif any(w is None or not str(w).strip() for w in words):
+                reason = "an empty word (it has no subwords, so its tag would be lost)"
+            elif any(t is None or not str(t).strip() for t in tags):
+                reason = "a word without a tag"
+            else:
+                reason = None
+            if reason:
+                skips.add(reason, place)
+                continue
+            keep.append(i)
+            texts.append([str(t) for t in tags])
+        repaired = Skips("tag", "repaired")
+        if all(t == "O" or t.startswith(("B-", "I-")) for tags in texts for t in tags):  # IOB1 or IOB2
+            for row, tags in zip(keep, texts):
+                for k in repair_iob(tags):
+                    repaired.add("an I- tag that begins an entity (after O or another type) read as B-, "
+                                 "as conlleval reads it", split.at(row, k))
+        for row, tags in zip(keep, texts):
+            for k, tag in enumerate(tags):
+                if tag not in found:
+                    found[tag] = split.at(row, k)
+        self.note_labels(name, found, tags_column, noun="tag")
+        if repaired:
+            self.data_notes += repaired.log()
+            return split.replace({tags_column: texts}, keep)
+        return split.select(keep)
+
+    def setup(self) -> None:
         train_tags = sorted({str(t) for tags in self.raw_train[self.label_column] for t in tags})
         eval_tags = {str(t) for tags in self.raw_eval[self.label_column] for t in tags}
         self.set_label_set(train_tags, eval_tags, self.label_column, noun="tag")
@@ -99,7 +154,7 @@ class TokenClassificationTask(LabeledTask):
         if odd:
             logger.warning(
                 "%s: tags such as '%s' are not IOB2/IOBES (B-X, I-X, O); entity-level F1 will be meaningless",
-                cfg.train, odd[0],
+                self.cfg.train, odd[0],
             )
 
     def auto_class(self):
@@ -161,4 +216,4 @@ class TokenClassificationTask(LabeledTask):
         return [masked_rows(student_logits, teacher_logits, batch.mask)]
 
 
-__all__ = ["TokenClassificationTask", "align_labels", "entity_scores"]
+__all__ = ["TokenClassificationTask", "align_labels", "entity_scores", "repair_iob"]
