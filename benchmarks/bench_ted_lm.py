@@ -24,7 +24,8 @@ lr 3e-4 (the FCD causal suite's), AdamW, warmup 10%, linear decay, seed per run.
 than 128: the cost per token is the same, so for a fixed token budget the student gets twice the
 updates, which is what a damaged model needs most.
 
-Recipes (the same temperature, 2, for all, so one teacher-output cache entry serves every run):
+Recipes (the same temperature, 1, for all, so one teacher-output cache entry serves every run; at T = 1
+the top-256 cache is 6.5-8.5% below the full KL with gradient cosine >= 0.996, at T = 2 it is 56-64% low):
   kd    0.5 CE + 0.5 T^2 KL over the vocabulary at every position
   lwd   kd + beta * mean MSE of raw hidden states over the 5 layer pairs below
   fcd   0.5 CE + 0.5 KD + causal token relations + per-position sequence relations, same pairs
@@ -40,7 +41,7 @@ Compute-matched control: ted updates the student backbone for 2 epochs (its cont
 stage, then stage II) plus 2 x --filter-epochs of filter-only stages; kd, lwd and fcd run at 1 epoch
 and again at 2 epochs (`-e2` keys).
 
-Teacher-output cache: on (training.cache_teacher), top-64 logits + tail log-sum-exp at T 2 in fp16
+Teacher-output cache: on (training.cache_teacher), top-256 logits + tail log-sum-exp at T 1 in fp16
 and the 5 teacher layers' hidden states; the teacher's pass over the training data is paid once for
 all runs (every run of the suite reads the same entry). The KL against the cached teacher is the
 top-k + tail-bucket KL (`losses.topk_kd_kl`), a lower bound of the full KL.
@@ -74,14 +75,15 @@ DEFAULT_LAYERS = list(range(14)) + list(range(24, 30))
 BATCH = 8
 LR = 3e-4
 FILTER_LR = 1e-3
+TEMPERATURE = 1.0  # the top-k cache is close to the full KL at T = 1, not at 2 (README top-k table)
 PAIRS = [[4, 6], [8, 12], [12, 18], [16, 24], [20, 30]]
 RECIPES = {
     "finetune": {"name": "finetune"},
-    "kd": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
-    "lwd": {"name": "lwd", "temperature": 2.0, "alpha": 0.5, "layer_map": PAIRS, "beta": 5e-4},
-    "fcd": {"name": "fcd", "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "beta": 1.0, "gamma": 1.0,
+    "kd": {"name": "kd", "temperature": TEMPERATURE, "alpha": 0.5},
+    "lwd": {"name": "lwd", "temperature": TEMPERATURE, "alpha": 0.5, "layer_map": PAIRS, "beta": 5e-4},
+    "fcd": {"name": "fcd", "temperature": TEMPERATURE, "alpha_task": 0.5, "alpha_kd": 0.5, "beta": 1.0, "gamma": 1.0,
             "layer_map": PAIRS, "causal": "auto"},
-    "ted": {"name": "ted", "temperature": 2.0, "alpha_kl": 1.0, "alpha_mse": 1e-3, "student_filter_interval": 4,
+    "ted": {"name": "ted", "temperature": TEMPERATURE, "alpha_kl": 1.0, "alpha_mse": 1e-3, "student_filter_interval": 4,
             "teacher_filter_interval": 6, "lm_head": "reuse", "filter_init": "auto",
             "stage1_teacher_lr": FILTER_LR, "stage1_student_lr": FILTER_LR},
 }
@@ -146,7 +148,7 @@ def teacher_tokenizer():
 # ---- runs ----------------------------------------------------------------------------------------
 
 def run_key(recipe: str, seed: int, epochs: float, args) -> str:
-    key = f"books-{recipe}-smollm2-L{len(args.layers)}-s{seed}-b{args.block_size}-t{args.train_tokens}"
+    key = f"books-{recipe}-smollm2-L{len(args.layers)}-s{seed}-b{args.block_size}-t{args.train_tokens}-T{TEMPERATURE:g}-k{args.top_k}"
     if epochs != 1:
         key += f"-e{epochs:g}"
     if recipe == "ted" and args.filter_epochs != 0.25:
@@ -422,7 +424,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-tokens", type=int, default=204_800)
     p.add_argument("--eval-tokens", type=int, default=32_768)
     p.add_argument("--filter-epochs", type=float, default=0.25, help="ted: epochs of each filter stage")
-    p.add_argument("--top-k", type=int, default=64, help="training.cache_top_k")
+    p.add_argument("--top-k", type=int, default=256, help="training.cache_top_k")
     p.add_argument("--probe", action="store_true", help="the layer-choice probe (writes results/ted-lm-probe.json)")
     p.add_argument("--probe-blocks", type=int, default=64)
     p.add_argument("--probe-filters", action="store_true", help="teacher stage I alone at --probe-lrs "

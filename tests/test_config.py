@@ -174,7 +174,7 @@ def test_every_number_has_a_lower_bound():
             for option in schema.get(key, []):
                 walk(option, path, defs, found)
         # (pydantic writes a bound as minimum/exclusiveMinimum, or as ge/gt beside a validator)
-        if schema.get("type") in ("integer", "number") and not {"minimum", "exclusiveMinimum", "ge", "gt"} & set(schema):
+        if schema.get("type") in ("integer", "number") and not {"minimum", "exclusiveMinimum", "ge", "gt", "enum", "const"} & set(schema):  # Literal: closed
             found.append(path)
         if "items" in schema:
             walk(schema["items"], path + "[]", defs, found)

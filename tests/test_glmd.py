@@ -219,7 +219,7 @@ def assert_error(code, err, fragment, out):
 
 
 @pytest.mark.parametrize("recipe, task, fragment", [
-    ({"vocab_keep": 0}, {}, "recipe.vocab_keep: 0.0 is outside (0, 1]"),
+    ({"vocab_keep": 0}, {}, "recipe.vocab_keep: must be > 0"),
     ({"vocab_keep": 1.5}, {}, "recipe.vocab_keep: 1.5 is outside (0, 1]"),
     ({"vocab_keep": 60000}, {}, "recipe.vocab_keep: 60000 tokens is larger than the vocabulary (50257 tokens)"),
     ({"corpus": ["no/such/*.txt"]}, {}, "recipe.corpus: 'no/such/*.txt' matches no file"),

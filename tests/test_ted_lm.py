@@ -27,7 +27,8 @@ from lmdistill.recipes.ted import LowRankLMHead, TEDRecipe, lm_head_parameters, 
 
 LM_DATA = DATA / "wikitext2"
 STAGES = ["teacher-filters", "student-finetune", "student-filters", "ted"]
-TED = {"name": "ted", "student_filter_interval": 1, "teacher_filter_interval": 2}
+# T = 1: vocabulary logits are cached (top-k) only at T <= training.cache_top_k_max_temperature (1.0)
+TED = {"name": "ted", "student_filter_interval": 1, "teacher_filter_interval": 2, "temperature": 1.0}
 
 
 def _clone(module: nn.Module) -> dict[str, torch.Tensor]:

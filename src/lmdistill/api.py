@@ -293,10 +293,19 @@ def evaluate_and_measure(models: dict, task: Task, config: ExperimentConfig, seq
     `export.OnnxModel` (onnxruntime on the CPU). Latency is measured side by side
     (bench.compare_latency), the rest per model; peak memory in a fresh process per model."""
     device = bench.measurement_device()
-    for model, _, _ in models.values():
-        if isinstance(model, torch.nn.Module):
-            model.to(device).eval()
     bench.release_memory()  # e.g. the optimizer state of the last stage
+    # The teacher goes last: with a teacher-output cache it never had to fit on the training GPU, and
+    # one that does not fit is measured on the CPU (its entry's `device` says so) instead of failing.
+    for role in sorted(models, key=lambda r: r == "teacher"):
+        model = models[role][0]
+        if isinstance(model, torch.nn.Module):
+            try:
+                model.to(device).eval()
+            except torch.OutOfMemoryError:
+                model.to("cpu").eval()
+                bench.release_memory()
+                logger.warning("the %s does not fit on %s beside the others: it is evaluated and measured on the "
+                               "CPU", role, device)
     entries = {}
     for role, (model, folder, tokenizer) in models.items():
         scores = task.evaluate(model, tokenizer, config.training.eval_batch_size, desc=f"eval {role}")
@@ -325,6 +334,8 @@ def _runtime(onnx: bool) -> str:
 
         return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
     return f"pytorch {torch.__version__}"
+
+
 def check_length_bench(config: ExperimentConfig, student) -> None:
     """bench.keep_ratios / bench.length_search need a student with a prunable implementation."""
     if config.bench.enabled and (config.bench.keep_ratios or config.bench.length_search):

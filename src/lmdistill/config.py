@@ -253,7 +253,7 @@ class LengthSearchConfig(Strict):
     samples: int = Field(1000, ge=1)
     step: float = Field(0.05, gt=0, le=0.5)  # the grid of fractions
     report: int = Field(6, ge=1)  # Pareto configurations measured on the eval set and for latency
-    seed: int = 0
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
 
 
 class BenchConfig(Strict):
@@ -270,9 +270,9 @@ class BenchConfig(Strict):
     # Token pruning (a prunable student: recipe lad / lengthdrop, or a plain BERT/RoBERTa student converted
     # for the measurement): score and latency at each keep ratio (lmdistill.length_eval); report.json's
     # student.pruning. length_search: a LAT-style evolutionary search of per-layer lengths.
-    keep_ratios: list[float] | None = None
+    keep_ratios: list[Annotated[Float, Field(gt=0, le=1)]] | None = None
     length_search: LengthSearchConfig | None = None
-    pruning_seq_lens: list[int] = []  # their latency also at these lengths (e.g. [128]): latency_ms_at
+    pruning_seq_lens: list[Annotated[Int, Field(ge=1)]] = []  # their latency also at these lengths (e.g. [128]): latency_ms_at
     # Efficient-attention students: latency and peak memory against these lengths (cost_vs_length.*);
     # None: 512, 1024, ... up to the student's max_length; []: not measured.
     lengths: list[Annotated[Int, Field(ge=1)]] | None = None

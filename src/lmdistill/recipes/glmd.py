@@ -72,17 +72,17 @@ class GLMDSettings(RecipeConfig):
     temperature: float = Field(15.0, gt=0)  # stages 1-2 (the paper's T = 15)
     soft_temperature: float = Field(1.0, gt=0)  # stage 3
     mlm_probability: float = Field(0.15, gt=0, lt=1)  # masked LMs: stage 1 masking rate
-    vocab_keep: float = 1.0  # fraction (0, 1] or count (> 1) of the vocabulary to keep; 1 = no compression
+    vocab_keep: float = Field(1.0, gt=0)  # fraction (0, 1] or count (> 1) of the vocabulary to keep; 1 = no compression
     vocab_corpus: str | list[str] | None = None  # files to rank tokens on (default: corpus + task prompts)
     vocab_substitute: Literal["dot", "cosine", "unk"] = "dot"
     vocab_multiple: int = Field(64, ge=1)
     dropped_tokens: Literal["substitute", "split"] = "substitute"
-    general_epochs: float | None = None  # per stage; None = training.epochs / training.learning_rate
-    general_learning_rate: float | None = None
-    task_epochs: float | None = None
-    task_learning_rate: float | None = None
-    soft_epochs: float | None = None
-    soft_learning_rate: float | None = None
+    general_epochs: float | None = Field(None, gt=0)  # per stage; None = training.epochs / training.learning_rate
+    general_learning_rate: float | None = Field(None, gt=0, le=1)
+    task_epochs: float | None = Field(None, gt=0)
+    task_learning_rate: float | None = Field(None, gt=0, le=1)
+    soft_epochs: float | None = Field(None, gt=0)
+    soft_learning_rate: float | None = Field(None, gt=0, le=1)
 
     @field_validator("vocab_keep")
     @classmethod
@@ -127,7 +127,9 @@ class GLMDRecipe(Recipe):
             arch = ctx.teacher.config.architectures[0]
             raise ConfigError(f"teacher.path: glmd distils the teacher's word predictions, but the teacher is a "
                               f"{arch} with no language-model head; give a ...ForCausalLM or ...ForMaskedLM checkpoint")
-        teacher_vocab, student_vocab = ctx.teacher.config.vocab_size, ctx.student.config.vocab_size
+        done = getattr(ctx.student, "_glmd_compression", None)  # compressed by an earlier recipe object
+        teacher_vocab = ctx.teacher.config.vocab_size
+        student_vocab = done[0].original_size if done is not None else ctx.student.config.vocab_size
         if teacher_vocab != student_vocab:
             raise ConfigError(f"student: its vocabulary ({student_vocab} tokens) differs from the teacher's "
                               f"({teacher_vocab}); glmd compares their word predictions token by token")
@@ -297,6 +299,12 @@ class GLMDRecipe(Recipe):
         from lmdistill.models.vocab_tokenizer import compressed_tokenizer, structure
 
         s, ctx = self.settings, self.context
+        done = getattr(ctx.student, "_glmd_compression", None)
+        if done is not None:
+            # The pipeline builds the stages twice (once to check their training settings before anything
+            # is written, once to train) and may keep the same student object: compress it once.
+            self.vmap, self.compressed_tokenizer = done
+            return
         vocab_size = ctx.student.get_input_embeddings().weight.shape[0]
         keep = resolve_keep(s.vocab_keep, vocab_size, s.vocab_multiple)
         if keep >= vocab_size:
@@ -315,6 +323,7 @@ class GLMDRecipe(Recipe):
         ctx.student.config.vocab_compression = {"original_size": vocab_size, "kept_size": self.vmap.kept_size,
                                                 "substitute": s.vocab_substitute, "dropped_tokens": s.dropped_tokens}
         self.compressed_tokenizer = compressed_tokenizer(tokenizer, self.vmap)
+        ctx.student._glmd_compression = (self.vmap, self.compressed_tokenizer)
         covered = counts[self.vmap.kept_mask].sum().item() / max(1, counts.sum().item())
         logger.info("vocabulary: kept %d of %d tokens (%.2f%% of the ranking corpus's tokens); student embedding "
                     "parameters %.2fM -> %.2fM, rest %.2fM", self.vmap.kept_size, vocab_size, 100 * covered,

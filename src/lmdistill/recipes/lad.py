@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Annotated
 
 import torch
 from pydantic import Field, field_validator
@@ -91,11 +92,11 @@ class LADSettings(RecipeConfig):
     max_corpus_tokens: int | None = Field(None, ge=1)
     general_epochs: float = Field(1.0, gt=0)
     general_learning_rate: float | None = Field(None, gt=0)  # None: training.learning_rate
-    general_drop_ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    general_drop_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     task_stage: bool = True  # False: stop after the general stage (a task-agnostic student for student.path)
     task_epochs: float | None = Field(None, gt=0)  # None: training.epochs
     task_learning_rate: float | None = Field(None, gt=0)
-    task_drop_ratios: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    task_drop_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     tau: float = Field(0.07, gt=0)  # InfoNCE temperature
     token_queue_size: int = Field(4096, ge=1)
     sentence_queue_size: int = Field(4096, ge=1)
@@ -105,7 +106,8 @@ class LADSettings(RecipeConfig):
     pred_temperature: float = Field(1.0, gt=0)
     alpha_task: float = Field(0.0, ge=0)
     min_tokens: int = Field(2, ge=1)
-    default_length_config: float | list[int] | list[float] = 1.0  # saved in the student's config
+    default_length_config: (Annotated[float, Field(gt=0, le=1)] | list[Annotated[int, Field(ge=1)]]
+                            | list[Annotated[float, Field(gt=0, le=1)]]) = 1.0  # saved in the student's config
 
     @field_validator("corpus", mode="before")
     @classmethod
