@@ -50,6 +50,22 @@ def test_windowed_ner_scores_every_gold_entity():
     assert first_window_entities < 10  # what one truncated window could have scored, of 124
 
 
+def test_windows_scored_alone_without_their_documents():
+    """Training windows (no document columns; LAD's length search scores them) are scored each on its own
+    labelled positions: oracle predictions give F1 1.0, and one entity's B- tag turned to O costs it."""
+    task = litbank_task(128)
+    tokenizer = BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased")
+    dataset = task.train_dataset(tokenizer)
+    assert "_doc" not in dataset.column_names
+    windows = [[label if label != IGNORE else 0 for label in row] for row in dataset["labels"]]
+    assert task.compute_metrics([windows], dataset, None)["f1"] == 1.0
+    row, k = next((r, k) for r, labels in enumerate(dataset["labels"]) for k, label in enumerate(labels)
+                  if label != IGNORE and task.labels[label].startswith("B-"))
+    windows[row][k] = task.labels.index("O")
+    scores = task.compute_metrics([windows], dataset, None)
+    assert scores["precision"] < 1.0 or scores["recall"] < 1.0
+
+
 def test_centre_of_a_window_wins():
     """Two windows over 10 words overlap on words 4-7; each word takes the window where it is farther
     from an edge (document edges do not count as edges)."""

@@ -205,7 +205,14 @@ class TokenClassificationTask(LabeledTask):
         return [p[m] for p, m in zip(pred, mask)]
 
     def compute_metrics(self, outputs, dataset, split_raw) -> dict:
+        """Whole documents (an eval split with its raw rows); without them (e.g. training windows scored
+        for a length search) each window on its own labelled positions (first subwords)."""
         windows = [p for batch in outputs for p in batch]
+        if split_raw is None or "_doc" not in dataset.column_names:
+            gold = [[g for g in labels if g != IGNORE] for labels in dataset["labels"]]
+            pred = [[p for p, g in zip(window, labels) if g != IGNORE] for window, labels in zip(windows, dataset["labels"])]
+            return entity_scores([[self.labels[i] for i in row] for row in gold],
+                                 [[self.labels[i] for i in row] for row in pred])
         gold_docs = [[str(t) for t in row] for row in split_raw[self.label_column]]
         merged = merge_word_predictions(windows, list(dataset["_doc"]), list(dataset["_word"]),
                                         list(dataset["_score"]), [len(doc) for doc in gold_docs])
