@@ -243,9 +243,10 @@ def test_brat_entity_outside_the_text(tiny_bert_dir, tmp_path, cache_dir, capsys
 def test_general_corpus_stage_before_the_task(tiny_bert_dir, tmp_path, cache_dir):
     """`student.general`: a label-free stage on raw text (long 512-token and short 128-token passages) in
     which the LSG student matches the pretrained teacher's hidden states (cosine), the teacher reading
-    the long passages in windows; then the recipe's own stage."""
+    the long passages in windows; then the recipe's own stage. (The teacher's task head is left
+    untrained: this stage reads the pretrained teacher, and the end-to-end test fine-tunes one.)"""
     config = {
-        "teacher": {"path": str(tiny_bert_dir), "epochs": 1, "learning_rate": 1e-3},
+        "teacher": {"path": str(tiny_bert_dir), "finetune": "never"},
         "student": {"layers": [0, 2], "attention": {"type": "lsg", "block_size": 64, "max_length": 512},
                     "general": {"corpus": [str(LITBANK / "train" / "*.txt")], "max_tokens": 3000, "short_length": 128,
                                 "short_fraction": 0.4, "batch_size": 4}},
@@ -260,6 +261,7 @@ def test_general_corpus_stage_before_the_task(tiny_bert_dir, tmp_path, cache_dir
     report = distill(config).report
     general, task_stage = report["stages"]
     assert general["stage"] == "general" and task_stage["stage"] == "kd"
+    assert general["teacher_cache"]["status"] == "built"  # the windowed pretrained teacher, cached
     # 3,000 tokens: 60% in 512-token blocks (3 blocks), 40% in 128-token blocks (9 blocks); batches of 4
     assert general["steps"] == 3
     assert 0 < general["train_loss"] < 2  # 1 - cosine, averaged
