@@ -20,7 +20,7 @@ Keeping the last layers matters most, as the layer-pruning literature finds for 
   glmd-vc0.5    the same with vocab_keep 0.5 (tokens ranked on the training text; substitutes by dot product)
   glmd-vc0.25   vocab_keep 0.25
   glmd-vc0.25-split  vocab_keep 0.25, dropped_tokens: split (trained on the saved tokenizer's own pieces)
-Training text: paragraphs of LitBank books (--books, default ../shared/data/litbank_books/texts), the first
+Training text: paragraphs of LitBank books (--books or $LMDISTILL_BOOKS: the LitBank books folder), the first
 40,000 characters of each book in name order, as many books as the token budget needs, two books held out
 (1064 The Masque of the Red Death, 41 The Legend of Sleepy Hollow). Held-out perplexity on the held-out
 books and on WikiText-2's 7 held-out articles (data/wikitext2/eval.txt), in blocks of 128 tokens.
@@ -97,14 +97,6 @@ TASK_TEACHER = {"path": "smollm2", "epochs": 1, "learning_rate": 5e-5, "batch_si
 
 
 # ---- data -------------------------------------------------------------------------------------------
-
-def default_books() -> Path | None:
-    for base in (common.REPO.parent, common.REPO.parent.parent, common.REPO.parents[2]):
-        candidate = base / "shared" / "data" / "litbank_books" / "texts"
-        if candidate.is_dir():
-            return candidate
-    return None
-
 
 def paragraphs(path: Path, limit: int | None = None) -> list[str]:
     sys.path.insert(0, str(common.REPO / "src"))
@@ -434,9 +426,7 @@ def main(argv=None) -> int:
     runs: list[common.Run] = []
     if args.suite == "lm":
         recipes = args.recipes or list(LM_RECIPES)
-        books = args.books or default_books()
-        if books is None or not books.is_dir():
-            sys.exit("--books: give the LitBank books folder (../shared/data/litbank_books/texts)")
+        books = common.books_folder(args.books, "bench_glmd")
         data = books_data(books, args.steps * BATCH * BLOCK)
         for recipe in recipes:
             for seed in range(args.seeds):

@@ -44,7 +44,6 @@ RESULTS = common.RESULTS / "lad"
 MODELS = ["lad", "lad-task", "kd", "lengthdrop"]
 KEEP_RATIOS = [1.0, 0.8, 0.6, 0.4, 0.3]
 LONG = 128
-CORPUS = "/work/shared/data/litbank_books/texts/*.txt"
 GENERAL_TOKENS = 200_000
 SEARCH = {"iterations": 3, "population": 8, "mutations": 6, "crossovers": 4, "samples": 400, "report": 4}
 LAD = {"name": "lad", "tau": 0.07, "sentence_queue_size": 4096, "alpha_cls": 1.0, "alpha_pred": 1.0,
@@ -64,7 +63,7 @@ def general_config(args) -> dict:
     key = general_key(args.general_tokens, args.general_lr)
     config = common.experiment("sst2", "kd", "L3", 0, options(args), common.WORK / key)
     config["student"] = {"layers": [0, 2, 4], "init_from": "pretrained"}
-    config["recipe"] = {**LAD, "corpus": [args.corpus], "max_corpus_tokens": args.general_tokens,
+    config["recipe"] = {**LAD, "corpus": [str(common.books_folder(args.books, "bench_lad") / "*.txt")], "max_corpus_tokens": args.general_tokens,
                         "block_size": 128, "token_queue_size": 4096, "general_epochs": 1.0,
                         "general_learning_rate": args.general_lr, "task_stage": False}
     config["bench"] = {**config["bench"], "enabled": False}
@@ -300,7 +299,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=common.DEFAULT_EPOCHS, help="task epochs (every model)")
     p.add_argument("--general-tokens", type=int, default=GENERAL_TOKENS, help="stage 1 budget (corpus tokens)")
     p.add_argument("--general-lr", type=float, default=GENERAL_LR)
-    p.add_argument("--corpus", default=CORPUS)
+    p.add_argument("--books", default=None, help="the LitBank books folder (or $LMDISTILL_BOOKS): stage 1 text")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and latency (1: on a shared "
                    "2-core machine, 2 threads run up to 8x slower)")
     p.add_argument("--max-train-samples", type=int, default=None, help="tiny check runs (key tag -n<N>)")

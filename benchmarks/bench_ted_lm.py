@@ -13,7 +13,7 @@ repair, decide the result. The probe's figures: `--probe` (zero-shot perplexity 
 held-out book blocks, and the hidden-state / KL magnitudes the loss weights were set from).
 
 Data (`prepare_data`, written once under runs/bench/ted-lm-data/): the 80 books of
-../shared/data/litbank_books/texts in name order; every 10th (8 books) is held out. Training text: an
+LitBank books folder (--books or $LMDISTILL_BOOKS) in name order; every 10th (8 books) is held out. Training text: an
 equal share of --train-tokens from each of the 72 other books (paragraphs after the first 20, which
 hold titles and contents), one paragraph per line, packed into blocks of --block-size tokens (64) by
 the language-modelling task. Held-out text: --eval-tokens from the 8 held-out books, the same way.
@@ -67,7 +67,6 @@ from pathlib import Path
 
 import common
 
-BOOKS = Path("/work/shared/data/litbank_books/texts")
 DATA_DIR = common.WORK / "ted-lm-data"
 WIKITEXT = common.REPO / "data" / "wikitext2" / "eval.txt"
 TEACHER_LAYERS = 30
@@ -91,11 +90,11 @@ RECIPES = {
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def book_split() -> tuple[list[Path], list[Path]]:
+def book_split(folder: Path) -> tuple[list[Path], list[Path]]:
     """(training books, held-out books): every 10th book in name order is held out."""
-    books = sorted(BOOKS.glob("*.txt"))
+    books = sorted(folder.glob("*.txt"))
     if len(books) < 10:
-        sys.exit(f"bench_ted_lm: the books corpus is not at {BOOKS}")
+        sys.exit(f"bench_ted_lm: {folder} holds {len(books)} books; the LitBank folder has 80")
     held = [b for i, b in enumerate(books) if i % 10 == 9]
     return [b for b in books if b not in held], held
 
@@ -126,7 +125,7 @@ def prepare_data(args, tokenizer) -> dict[str, Path]:
     if all(p.is_file() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    train_books, held_books = book_split()
+    train_books, held_books = book_split(common.books_folder(args.books, "bench_ted_lm"))
     for split, books, tokens in (("train", train_books, args.train_tokens), ("eval", held_books, args.eval_tokens)):
         tmp = paths[split].with_suffix(".tmp")
         tmp.write_text("\n".join(_slices(books, tokens, tokenizer)) + "\n")
@@ -424,6 +423,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-tokens", type=int, default=204_800)
     p.add_argument("--eval-tokens", type=int, default=32_768)
     p.add_argument("--filter-epochs", type=float, default=0.25, help="ted: epochs of each filter stage")
+    p.add_argument("--books", default=None, help="the LitBank books folder (or $LMDISTILL_BOOKS)")
     p.add_argument("--top-k", type=int, default=256, help="training.cache_top_k")
     p.add_argument("--probe", action="store_true", help="the layer-choice probe (writes results/ted-lm-probe.json)")
     p.add_argument("--probe-blocks", type=int, default=64)

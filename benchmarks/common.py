@@ -61,6 +61,16 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = RESULTS / "runs"  # one JSON per run: the only input of the tables
+def books_folder(given: Path | str | None, script: str) -> Path:
+    """The LitBank books folder (80 public-domain novels, 45 MB: too large to ship in the repo). Give it
+    with --books or $LMDISTILL_BOOKS; a missing folder stops the script with one line."""
+    folder = Path(given or os.environ.get("LMDISTILL_BOOKS") or "")
+    if not str(given or os.environ.get("LMDISTILL_BOOKS") or "") or not any(folder.glob("*.txt")):
+        sys.exit(f"{script}: --books (or $LMDISTILL_BOOKS): give the LitBank books folder of .txt files "
+                 f"(litbank_books/texts of the project's data); got '{folder}'")
+    return folder
+
+
 WORK = REPO / "runs" / "bench"  # run folders (student, checkpoints), deleted after each run
 
 # teacher.seed: its default (42). The caption in `table` states these values too.

@@ -17,18 +17,40 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 4-layer, 32-wide BERT (no task head) with the real uncased WordPiece tokenizer."""
-    from transformers import BertConfig, BertModel, BertTokenizer
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """Tests that set training.num_threads change torch's process-wide thread count: restore it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
+
+def _tiny_bert(folder: Path, model_class) -> Path:
+    """A 4-layer, 32-wide BERT of `model_class`, seeded, with the real uncased WordPiece tokenizer."""
+    from transformers import BertConfig, BertTokenizer
+
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with no task head (see _tiny_bert)."""
+    from transformers import BertModel
+
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"), BertModel)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_mlm_dir(tmp_path_factory) -> Path:
+    """A tiny BertForMaskedLM (tied LM head; see _tiny_bert)."""
+    from transformers import BertForMaskedLM
+
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert-mlm"), BertForMaskedLM)
 
 
 @pytest.fixture(scope="session")

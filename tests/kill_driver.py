@@ -148,6 +148,10 @@ def main(spec_path: str, result_path: str) -> None:
             entry["identical"], entry["max_abs_diff"] = compare(reference, load_file(str(student)))
             resumed = json.loads((Path(config["output"]) / "report.json").read_text())
             entry["same_stage_summaries"] = summaries(resumed) == summaries(report)
+            if not entry["same_stage_summaries"]:  # say what differs
+                entry["summary_diff"] = [
+                    {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+                    for a, b in zip(summaries(resumed), summaries(report))]
             entry["same_scores"] = (resumed["student"]["score"], resumed["teacher"]["score"]) == (
                 report["student"]["score"], report["teacher"]["score"])
         entry["leftovers"] = leftovers(folder)

@@ -23,18 +23,13 @@ SST2_PROMPT = {"kind": "prompt-classification", "train": str(DATA / "sst2" / "tr
                "max_length": 32, "max_train_samples": 32, "max_eval_samples": 32}
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_mlm_dir(tmp_path_factory):
-    """A 4-layer, 32-wide BertForMaskedLM (tied LM head) with the real uncased WordPiece tokenizer."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-bert-mlm")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForMaskedLM(config).save_pretrained(folder)
-    BertTokenizer.from_pretrained(DATA / "tokenizers" / "bert-base-uncased").save_pretrained(folder)
-    return folder
+def cli_eval(model_dir, config: dict, tmp_path, capsys) -> dict:
+    """`lmdistill eval MODEL --config CONFIG`, as a user runs it; its JSON entry."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["eval", str(model_dir), "--config", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
 def prompt_config(teacher, out, cache, recipe, **task):
@@ -114,12 +109,7 @@ def test_kd_and_finetune_on_prompt_classification(recipe, tiny_llama_dir, tmp_pa
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.num_hidden_layers == 2
     if recipe["name"] == "kd":
-        path = tmp_path / "exp.yaml"
-        path.write_text(yaml.safe_dump(config))
-        capsys.readouterr()
-        assert main(["eval", str(out / "student"), "--config", str(path)]) == 0
-        entry = json.loads(capsys.readouterr().out)
-        assert entry["score"] == pytest.approx(report["student"]["score"])
+        assert cli_eval(out / "student", config, tmp_path, capsys)["score"] == pytest.approx(report["student"]["score"])
 
 
 # ---- glmd end to end ------------------------------------------------------------------------------
@@ -170,12 +160,7 @@ def test_glmd_prompt_task_on_tiny_llama_with_vocabulary_compression(tiny_llama_d
     for word in (" negative", " positive"):  # verbalizers survive as single tokens
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1
     # `lmdistill eval` scores the saved student with its own tokenizer, as the run did.
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    capsys.readouterr()
-    assert main(["eval", str(out / "student"), "--config", str(path)]) == 0
-    entry = json.loads(capsys.readouterr().out)
-    assert entry["score"] == pytest.approx(report["student"]["score"])
+    assert cli_eval(out / "student", config, tmp_path, capsys)["score"] == pytest.approx(report["student"]["score"])
 
 
 def test_glmd_language_modelling_on_tiny_bert_split_mode(tiny_bert_mlm_dir, tmp_path, cache_dir, seen_batches):

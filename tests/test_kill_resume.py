@@ -76,22 +76,25 @@ def check_trials(result: dict) -> None:
         assert trial["killed"][0], f"kill point never reached: {where}"
         assert trial["resume_status"] == 0, f"resume failed: {where}"
         assert trial["identical"], f"student differs by {trial['max_abs_diff']} after {where}"
-        assert trial["same_stage_summaries"] and trial["same_scores"], where  # loss curves, train_loss
+        assert trial["same_stage_summaries"], f"{where}: {trial.get('summary_diff')}"  # loss curves, train_loss
+        assert trial["same_scores"], where
         assert trial["leftovers"] == [], f"{trial['leftovers']} left after {where}"
 
 
 def test_kill_anywhere_resumes_to_the_same_student(tiny_bert_dir, tmp_path):
     """Seeded random kill points of every kind; each killed run, resumed, gives identical weights."""
-    n = SWEEP or 1
-    per_kind = {"step@teacher": 3 * n, "step@student": 4 * n, "checkpoint-weights": 2 * n,
-                "checkpoint-optimizer": 2 * n, "checkpoint-publish": 2 * n, "checkpoint-rotate": n,
-                "stage-state": 2 * n, "stage-done": 2 * n, "teacher-cache": n, "teacher-cached": n,
-                "cache-batch": n, "cache-publish": n, "student-save": n, "report": 2 * n}
-    result = run_driver(tmp_path, kill_config(tiny_bert_dir), per_kind, double=2 * n)
+    # CI: one seeded kill point of every kind (15 trials); the sweep (LMDISTILL_KILL_TRIALS=N) draws more.
+    weights = {"step@teacher": 3, "step@student": 4, "checkpoint-weights": 2, "checkpoint-optimizer": 2,
+               "checkpoint-publish": 2, "checkpoint-rotate": 1, "stage-state": 2, "stage-done": 2,
+               "teacher-cache": 1, "teacher-cached": 1, "cache-batch": 1, "cache-publish": 1, "student-save": 1,
+               "report": 2}
+    n = SWEEP
+    per_kind = {kind: w * n if n else 1 for kind, w in weights.items()}
+    result = run_driver(tmp_path, kill_config(tiny_bert_dir), per_kind, double=2 * n if n else 1)
     counts = result["counts"]
     # The plan covered what it claims: both stages, several saves, two epochs each (8 steps per stage).
     assert counts["step"] == 16 and result["student_steps"] == 8 and counts["checkpoint-publish"] == 6
-    assert len(result["trials"]) >= 22 * n and counts["cache-publish"] >= 1
+    assert len(result["trials"]) >= (22 * n if n else 15) and counts["cache-publish"] >= 1
     record("kd-sst2", result)
     check_trials(result)
     summary = {"trials": len(result["trials"]), "kills": sum(sum(t["killed"]) for t in result["trials"]),
@@ -120,9 +123,10 @@ def test_kill_masked_lm(tiny_bert_dir, tmp_path):
     config["task"] = {"kind": "language-modeling", "train": str(DATA / "wikitext2" / "train.txt"),
                       "eval": str(DATA / "wikitext2" / "eval.txt"), "block_size": 32, "max_train_samples": 32,
                       "max_eval_samples": 6}
-    n = SWEEP or 1
-    result = run_driver(tmp_path, config, {"step@teacher": n, "step@student": 2 * n, "checkpoint-publish": n},
-                        seed=2)
+    n = SWEEP
+    plan = {"step@teacher": n, "step@student": 2 * n, "checkpoint-publish": n} if n else {
+        "step@teacher": 1, "step@student": 1}  # CI: one kill in each stage
+    result = run_driver(tmp_path, config, plan, seed=2)
     assert result["counts"]["step"] > result["student_steps"] >= 4  # kills landed in both stages
     record("kd-mlm-wikitext2", result)
     check_trials(result)

@@ -45,13 +45,6 @@ def ted_config(teacher, out: Path, cache: Path, recipe: dict | None = None, task
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ted_cache(tmp_path_factory) -> Path:
     """One teacher cache for the module: the tiny teacher is fine-tuned on SST-2 once."""

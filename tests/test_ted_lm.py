@@ -59,13 +59,6 @@ def lm_config(teacher: Path, out: Path, cache: Path, recipe: dict, causal: bool 
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lm_cache(tmp_path_factory) -> Path:
     """One cache for the module: the tiny BERT is fine-tuned on MLM once, teacher outputs are shared."""

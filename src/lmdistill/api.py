@@ -533,8 +533,6 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         summary = run_stage(stage, index, net, stage_teacher if recipe.needs_teacher else None, train_dataset,
                             collator, config, output / "stages", task.label_keys, resume, teacher_outputs=outputs,
                             **overrides.get(id(stage), {}))
-        if outputs is not None:
-            summary["teacher_cache"] = outputs.info.as_dict()
         summaries.append(summary)
         if stage.net == "teacher":
             freeze(teacher)

@@ -84,7 +84,12 @@ def model_fingerprint(model: torch.nn.Module, extra: str | None = None) -> str:
     digest = xxhash.xxh3_128()
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        # Where the weights were loaded from is not what they are: a resumed run that loads the same
+        # teacher from another folder (or the same folder under another path) keys the same entry.
+        settings = json.loads(config.to_json_string(use_diff=False))
+        settings.pop("_name_or_path", None)
+        settings.pop("problem_type", None)  # set by transformers on the first forward with labels: not the weights
+        digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
@@ -479,8 +484,15 @@ def prepare(stage, teacher, dataset, collator, cache_root: Path, top_k: int, dty
                        world, dist, f"teacher pass ({stage.name})")
             if dist is not None:
                 dist.barrier()
-    elif dist is not None:
-        dist.barrier()
+    else:
+        if rank == 0 and any(entry.glob(".tmp-*")):
+            # The staging folder of a pass killed after publishing its last field. A builder holds the
+            # lock while its own staging folder exists, so under the lock every .tmp- folder is stale.
+            with file_lock(entry.parent / f"{key}.lock"):
+                for stale in entry.glob(".tmp-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+        if dist is not None:
+            dist.barrier()
     info = CacheInfo(status, entry, fields, folder_size_mb(entry), time.time() - start)
     logger.info("stage %s: teacher-output cache %s (%s; %.1f MB on disk, %s) in %.1f s", stage.name, status,
                 ", ".join(fields), info.size_mb, entry, info.build_s)

@@ -32,15 +32,8 @@ def compress_vocabulary(model_path: str, keep: float, corpus: list[str], output:
     from lmdistill.config import TeacherConfig
     from lmdistill.io_utils import atomic_dir
     from lmdistill.models.teacher import default_cache_dir, load_config_of, load_model, load_tokenizer, resolve_teacher
-    from lmdistill.models.vocab import (
-        build_vocab_map,
-        count_tokens,
-        parameter_split,
-        resolve_keep,
-        select_kept,
-        shrink_model,
-    )
-    from lmdistill.models.vocab_tokenizer import compressed_tokenizer, structure
+    from lmdistill.models.vocab import count_tokens, resolve_keep
+    from lmdistill.models.vocab_tokenizer import compress_model, structure
     from lmdistill.recipes.glmd import has_lm_head
     from lmdistill.tasks.corpus import read_paragraphs, resolve_corpus
     from lmdistill.tasks.language_modeling import resolve_lm_type
@@ -72,21 +65,14 @@ def compress_vocabulary(model_path: str, keep: float, corpus: list[str], output:
     model, missing = load_model(auto_class, source, {}, key="MODEL")
     if missing:
         raise ConfigError(f"MODEL: {model_path} has no trained language-model head ({len(missing)} weights missing)")
-    kept = select_kept(counts, kept_size, forced, parts)
-    vmap = build_vocab_map(kept, model.get_input_embeddings().weight, substitute, tokenizer.unk_token_id)
-    before = parameter_split(model)
-    shrink_model(model, vmap)
-    after = parameter_split(model)
-    model.config.vocab_compression = {"original_size": vocab_size, "kept_size": vmap.kept_size,
-                                      "substitute": substitute}
-    new_tokenizer = compressed_tokenizer(tokenizer, vmap)
+    done = compress_model(model, tokenizer, counts, kept_size, forced, parts, model.get_input_embeddings().weight,
+                          substitute, {})
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        new_tokenizer.save_pretrained(tmp)
-        vmap.save(tmp)
-    total = int(counts.sum())
-    coverage = counts[vmap.kept_mask].sum().item() / max(1, total)
-    return CompressionResult(out, vocab_size, vmap.kept_size, coverage, total, before, after)
+        done.tokenizer.save_pretrained(tmp)
+        done.vmap.save(tmp)
+    return CompressionResult(out, vocab_size, done.vmap.kept_size, done.coverage, int(counts.sum()), done.before,
+                             done.after)
 
 
 def summary_lines(result: CompressionResult) -> list[str]:

@@ -399,6 +399,8 @@ def run_stage(stage: Stage, index: int, net: nn.Module, teacher: nn.Module | Non
     }
     if checkpoint:
         summary["resumed_from_step"] = int(checkpoint.name.split("-")[1])  # train_runtime_s covers the rest
+    if teacher_outputs is not None:  # stored with the stage, so a finished stage's summary still says it
+        summary["teacher_cache"] = teacher_outputs.info.as_dict()
     if trainer.is_world_process_zero():
         finish_stage(model, summary, stage_dir)
     trainer.accelerator.wait_for_everyone()

@@ -19,9 +19,16 @@ spelled) and, for BPE, both parts of every kept token's merge (so a kept token c
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from lmdistill.errors import ConfigError
-from lmdistill.models.vocab import VocabMap
+from lmdistill.models.vocab import (
+    VocabMap,
+    build_vocab_map,
+    parameter_split,
+    select_kept,
+    shrink_model,
+)
 
 SUPPORTED = ("BPE", "WordPiece", "WordLevel", "Unigram")
 
@@ -129,3 +136,27 @@ def compressed_tokenizer(tokenizer, vmap: VocabMap):
                                      padding_side=tokenizer.padding_side, **specials)
     result.init_kwargs["vocab_compression"] = {"original_size": vmap.original_size, "kept_size": vmap.kept_size}
     return result
+
+
+@dataclass
+class Compression:
+    vmap: VocabMap
+    tokenizer: object  # the rewritten tokenizer: emits kept ids only
+    before: dict  # parameter_split of the model before / after
+    after: dict
+    coverage: float  # share of the counted tokens that are kept tokens
+
+
+def compress_model(model, tokenizer, counts, keep: int, forced: set[int], parts, embeddings, substitute: str,
+                   record: dict) -> Compression:
+    """Keep the `keep` most frequent tokens (plus `forced`; `parts` from `structure`), map the others to
+    substitutes chosen on `embeddings`, shrink `model` in place and rewrite the tokenizer. `record` is
+    stored as the model config's `vocab_compression` beside the sizes. Used by glmd and compress-vocab."""
+    vmap = build_vocab_map(select_kept(counts, keep, forced, parts), embeddings, substitute, tokenizer.unk_token_id)
+    before = parameter_split(model)
+    shrink_model(model, vmap)
+    after = parameter_split(model)
+    model.config.vocab_compression = {"original_size": vmap.original_size, "kept_size": vmap.kept_size,
+                                      "substitute": substitute, **record}
+    coverage = counts[vmap.kept_mask].sum().item() / max(1, counts.sum().item())
+    return Compression(vmap, compressed_tokenizer(tokenizer, vmap), before, after, coverage)

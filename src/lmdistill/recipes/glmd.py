@@ -49,15 +49,7 @@ from lmdistill.config import RecipeConfig
 from lmdistill.errors import ConfigError
 from lmdistill.losses import kd_kl, kept_kd_kl
 from lmdistill.models.features import Features, batch_mask
-from lmdistill.models.vocab import (
-    VocabMap,
-    build_vocab_map,
-    count_tokens,
-    parameter_split,
-    resolve_keep,
-    select_kept,
-    shrink_model,
-)
+from lmdistill.models.vocab import VocabMap, count_tokens, resolve_keep
 from lmdistill.recipes.base import Needs, Recipe, Stage, StageData
 
 logger = logging.getLogger("lmdistill")
@@ -296,7 +288,7 @@ class GLMDRecipe(Recipe):
 
     def compress(self, embedding_source) -> None:
         """Shrink the student's vocabulary (in place) when vocab_keep < 1; see lmdistill.models.vocab."""
-        from lmdistill.models.vocab_tokenizer import compressed_tokenizer, structure
+        from lmdistill.models.vocab_tokenizer import compress_model, structure
 
         s, ctx = self.settings, self.context
         done = getattr(ctx.student, "_glmd_compression", None)
@@ -314,20 +306,14 @@ class GLMDRecipe(Recipe):
         forced, parts = structure(tokenizer)
         if ctx.task.kind == "prompt-classification":
             forced |= {i for row in ctx.task.verbalizer_ids for i in row}
-        kept = select_kept(counts, keep, forced, parts)
-        self.vmap = build_vocab_map(kept, embedding_source.get_input_embeddings().weight, s.vocab_substitute,
-                                    tokenizer.unk_token_id)
-        before = parameter_split(ctx.student)
-        shrink_model(ctx.student, self.vmap)
-        after = parameter_split(ctx.student)
-        ctx.student.config.vocab_compression = {"original_size": vocab_size, "kept_size": self.vmap.kept_size,
-                                                "substitute": s.vocab_substitute, "dropped_tokens": s.dropped_tokens}
-        self.compressed_tokenizer = compressed_tokenizer(tokenizer, self.vmap)
+        done = compress_model(ctx.student, tokenizer, counts, keep, forced, parts,
+                              embedding_source.get_input_embeddings().weight, s.vocab_substitute,
+                              {"dropped_tokens": s.dropped_tokens})
+        self.vmap, self.compressed_tokenizer = done.vmap, done.tokenizer
         ctx.student._glmd_compression = (self.vmap, self.compressed_tokenizer)
-        covered = counts[self.vmap.kept_mask].sum().item() / max(1, counts.sum().item())
         logger.info("vocabulary: kept %d of %d tokens (%.2f%% of the ranking corpus's tokens); student embedding "
-                    "parameters %.2fM -> %.2fM, rest %.2fM", self.vmap.kept_size, vocab_size, 100 * covered,
-                    before["embedding"] / 1e6, after["embedding"] / 1e6, after["rest"] / 1e6)
+                    "parameters %.2fM -> %.2fM, rest %.2fM", self.vmap.kept_size, vocab_size, 100 * done.coverage,
+                    done.before["embedding"] / 1e6, done.after["embedding"] / 1e6, done.after["rest"] / 1e6)
 
     def student_tokenizer(self, tokenizer):
         return self.compressed_tokenizer if self.compressed_tokenizer is not None else tokenizer

@@ -218,9 +218,11 @@ class Task:
                 ids = ids[:length]
             else:  # fill with further real text rather than padding, so every position is real work
                 j = i + 1
-                while len(ids) < length:
+                while len(ids) < length and j < i + 1 + len(dataset) * length:
                     ids += list(dataset[j % len(dataset)]["input_ids"])[1:]
                     j += 1
+                if len(ids) < length:  # every row is a single token: nothing to continue with but it
+                    ids += ids[-1:] * (length - len(ids))
                 ids = ids[:length]
             rows.append(ids)
         input_ids = torch.tensor(rows, dtype=torch.long)

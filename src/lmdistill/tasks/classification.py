@@ -80,6 +80,11 @@ class ClassificationTask(LabeledTask):
         train_labels = sorted({str(v) for v in self.raw_train[label]}, key=_label_sort_key)
         self.set_label_set(train_labels, {str(v) for v in self.raw_eval[label]}, label)
 
+    def model_kwargs(self) -> dict:
+        # Set now rather than by the model's first forward with labels (transformers does that): a run
+        # resumed after its last training step would otherwise save a config without it.
+        return {**super().model_kwargs(), "problem_type": "single_label_classification"}
+
     def auto_class(self):
         return AutoModelForSequenceClassification
 
@@ -96,16 +101,20 @@ class ClassificationTask(LabeledTask):
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def compute_metrics(self, outputs, dataset, split_raw) -> dict:
-        logits = np.concatenate(outputs, axis=0)
-        pred = logits.argmax(-1)
-        gold = np.asarray(list(dataset["labels"]))
-        metrics = {"accuracy": float((pred == gold).mean())}
-        if len(self.labels) > 2:
-            metrics["macro_f1"] = macro_f1(pred, gold, len(self.labels))
-        return metrics
+        return class_metrics(outputs, dataset, len(self.labels))
 
     def logit_pairs(self, student_logits, teacher_logits, batch):
         return [(student_logits, teacher_logits)]
+
+
+def class_metrics(outputs: list[np.ndarray], dataset, num_labels: int) -> dict:
+    """Accuracy (and macro-F1 beyond two classes) of per-class scores [N, C] against dataset["labels"]."""
+    pred = np.concatenate(outputs, axis=0).argmax(-1)
+    gold = np.asarray(list(dataset["labels"]))
+    metrics = {"accuracy": float((pred == gold).mean())}
+    if num_labels > 2:
+        metrics["macro_f1"] = macro_f1(pred, gold, num_labels)
+    return metrics
 
 
 def _label_sort_key(label: str):

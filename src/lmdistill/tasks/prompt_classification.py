@@ -24,7 +24,6 @@ import inspect
 import logging
 
 import datasets
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
@@ -33,7 +32,7 @@ from lmdistill.errors import ConfigError, DataError
 from lmdistill.io_utils import hash_json
 from lmdistill.models.features import Features, batch_mask
 from lmdistill.tasks.base import LabeledTask
-from lmdistill.tasks.classification import macro_f1
+from lmdistill.tasks.classification import class_metrics
 from lmdistill.tasks.language_modeling import resolve_lm_type
 
 MASK = "{mask}"
@@ -283,12 +282,7 @@ class PromptClassificationTask(LabeledTask):
         return self.class_scores(logits, self._scoring_ids or self.verbalizer_ids).float().cpu().numpy()
 
     def compute_metrics(self, outputs, dataset, split_raw) -> dict:
-        pred = np.concatenate(outputs, axis=0).argmax(-1)
-        gold = np.asarray(list(dataset["labels"]))
-        metrics = {"accuracy": float((pred == gold).mean())}
-        if len(self.labels) > 2:
-            metrics["macro_f1"] = macro_f1(pred, gold, len(self.labels))
-        return metrics
+        return class_metrics(outputs, dataset, len(self.labels))
 
     def logit_pairs(self, student_logits, teacher_logits, batch):
         return [(student_logits, teacher_logits)]
