@@ -72,9 +72,10 @@ SPEC = {
     "task.eval": other("str"),
     "task.text": other("text", nullable=True),
     "task.label": other("str", nullable=True),
-    "task.format": choice("auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text"),
+    "task.format": choice("auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text", "brat"),
     "task.max_length": num("int", 8, True, nullable=True),
     "task.doc_stride": num("int", 0, True),
+    "task.max_answer_tokens": num("int", 1, True),
     "task.lm_type": choice("auto", "masked", "causal"),
     "task.mlm_probability": num("float", 0, False, 1, False),
     "task.block_size": num("int", 8, True, nullable=True),
@@ -113,6 +114,7 @@ SPEC = {
     "bench.warmup": num("int", 0, True),
     "bench.num_threads": num("int", 1, True, nullable=True),
     "bench.memory": other("bool"),
+    "bench.lengths": {"kind": "intlist", "lo": 1, "nullable": True, "empty_ok": True},  # []: no cost curve
     "output": other("str"),
     "cache_dir": other("str", nullable=True),
     "recipe.name": choice("finetune", "kd", "lwd", "fcd", "ted"),
@@ -172,7 +174,7 @@ def base_config(recipe: str, student: int, output: str) -> dict:
         "student": copy.deepcopy(STUDENTS[student]),
         "task": {"kind": "classification", "train": "data/sst2/train.tsv", "eval": "data/sst2/dev.tsv",
                  "text": "sentence", "label": "label", "format": "auto", "max_length": 32, "doc_stride": 16,
-                 "lm_type": "auto", "mlm_probability": 0.15, "block_size": 32, "max_train_samples": 64,
+                 "max_answer_tokens": 30, "lm_type": "auto", "mlm_probability": 0.15, "block_size": 32, "max_train_samples": 64,
                  "max_eval_samples": 32, "hub_subset": "sst2"},
         "recipe": copy.deepcopy(RECIPES[recipe]),
         "training": {"epochs": 1.0, "max_steps": -1, "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-3,
@@ -182,7 +184,7 @@ def base_config(recipe: str, student: int, output: str) -> dict:
                      "dataloader_num_workers": 0, "torch_compile": False, "cache_teacher": True, "cache_top_k": 256, "cache_top_k_max_temperature": 1.0,
                      "cache_dtype": "float16"},
         "bench": {"enabled": True, "batch_sizes": [1, 4], "seq_len": 16, "repeats": 2, "rounds": 1, "warmup": 1,
-                  "num_threads": 1, "memory": False},
+                  "num_threads": 1, "memory": False, "lengths": [128, 256]},
         "output": output,
         "cache_dir": "cache",
     }
@@ -234,8 +236,8 @@ def out_of_range(spec):
     if kind == "max_steps":
         return st.one_of(st.just(0), st.integers(min_value=-10**6, max_value=-2))
     if kind == "intlist":
-        return st.one_of(st.just([]), st.lists(st.integers(max_value=spec["lo"] - 1, min_value=-100), min_size=1,
-                                               max_size=3))
+        negative = st.lists(st.integers(max_value=spec["lo"] - 1, min_value=-100), min_size=1, max_size=3)
+        return negative if spec.get("empty_ok") else st.one_of(st.just([]), negative)
     options = [below(spec)]
     if spec["hi"] != INF:
         options.append(above(spec))

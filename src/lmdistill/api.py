@@ -402,12 +402,12 @@ def check_cache_settings(config: ExperimentConfig, teacher, cache_dir: Path) -> 
         raise ConfigError(f"{key}: {cache_dir} is not writable (set cache_dir to a folder you can write)") from None
 
 
-def fill_stage_caches(recipe, teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
+def fill_stage_caches(stages: list[Stage], teacher, train_dataset, collator, task: Task, config: ExperimentConfig,
                       cache_dir: Path) -> list[dict]:
-    """`lmdistill cache`: build the teacher-output cache of every stage that reads the teacher; train nothing."""
+    """`lmdistill cache`: build the teacher-output cache of every stage that reads the teacher; train nothing.
+    `stages` as the run trains them (task forward passes attached, the general corpus stage first)."""
     infos = []
-    for stage in recipe.stages():
-        stage = with_task_forward(stage, task)
+    for stage in stages:
         outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
         if stage.uses_teacher:
             infos.append({"stage": stage.name, **(outputs.info.as_dict() if outputs else {"status": "live"})})
@@ -458,7 +458,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     load_pretrained = lambda: load_model(task.auto_class(), source, task.model_kwargs(), **load)[0]  # noqa: E731
     remote = config.teacher.trust_remote_code
     student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                         task.model_kwargs(), remote)
+                                         task.model_kwargs(), remote, tokenizer)
     student = rcls.prepare_student(student, config)
     check_length_bench(config, student)
     student_tokenizer = load_tokenizer(config.student.path, "student.path", trust_remote_code=remote) \
@@ -466,6 +466,12 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     check_vocabularies(tokenizer, student_tokenizer, recipe)
     check_cache_settings(config, teacher, cache_dir)
+    general = None
+    if config.student.general is not None:  # its corpus is read and checked here, before anything is written
+        from lmdistill.general import general_stage
+
+        general = general_stage(config.student.general, recipe_context(config, task, teacher, student, tokenizer,
+                                                                       source))
     # Tokenized once here (and cached by the task): a data error is raised now, not after training.
     train_dataset = task.train_dataset(student_tokenizer, student.config)
     if needs_finetune:
@@ -473,7 +479,7 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     if not cache_only:
         task.eval_dataset(tokenizer, teacher.config)
         task.eval_dataset(student_tokenizer, student.config)
-    check_training_arguments(config, recipe.stages(), needs_finetune, output)
+    check_training_arguments(config, ([general] if general else []) + recipe.stages(), needs_finetune, output)
     check_bench_length(config, {"teacher": teacher, "student": student})
 
     # 2. The run starts: the output folder gets its marker and config.json (an old run folder is
@@ -498,28 +504,35 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
     set_seed(config.training.seed)
     if needs_finetune and config.student.path is None and config.student.config is None:
         student, description = build_student(config.student, teacher, load_pretrained, task.auto_class(),
-                                             task.model_kwargs(), remote)
+                                             task.model_kwargs(), remote, tokenizer)
         student = rcls.prepare_student(student, config)
     set_seed(config.training.seed)
     recipe = rcls(config.recipe, recipe_context(config, task, teacher, student, tokenizer, source))
     logger.info("student: %s, %.1fM parameters", description, bench.count_parameters(student) / 1e6)
 
     collator = task.collator(student_tokenizer)
+    # A student that reads further than the teacher's positions (efficient attention) gets a teacher
+    # that reads its batches in windows, outputs merged per token (also in the teacher-output cache's
+    # pass: a row's merged outputs depend on that row alone, and the windowing is part of the key).
+    stage_teacher = task.distillation_teacher(teacher, tokenizer, student.config)
+    stages, overrides = [with_task_forward(stage, task) for stage in recipe.stages()], {}
+    if general is not None:  # task-agnostic distillation on raw text first
+        stages, overrides = [general, *stages], {id(general): {"batch_size": config.student.general.batch_size}}
     if cache_only:
-        return Result({"teacher_cache": fill_stage_caches(recipe, teacher, train_dataset, collator, task, config,
-                                                          cache_dir)}, output, output / "student", {})
+        return Result({"teacher_cache": fill_stage_caches(stages, stage_teacher, train_dataset, collator, task,
+                                                          config, cache_dir)}, output, output / "student", {})
     summaries = []
     stage_hash = config_hash(full_config)
-    for index, stage in enumerate(recipe.stages(), start=1):
+    for index, stage in enumerate(stages, start=1):
         if is_main_process():  # the folder name is run_stage's
             record_stage(output / "stages" / f"{index:02d}-{stage.name}", stage.name, stage_hash)
-        stage = with_task_forward(stage, task)
-        net = student if stage.net == "student" else teacher
+        net = student if stage.net == "student" else stage_teacher
         outputs = None
-        if recipe.needs_teacher and not stage_is_done(output / "stages", index, stage):
-            outputs = stage_teacher_outputs(stage, teacher, train_dataset, collator, task, config, cache_dir)
-        summary = run_stage(stage, index, net, teacher if recipe.needs_teacher else None, train_dataset, collator,
-                            config, output / "stages", task.label_keys, resume, teacher_outputs=outputs)
+        if (recipe.needs_teacher or stage.teacher is not None) and not stage_is_done(output / "stages", index, stage):
+            outputs = stage_teacher_outputs(stage, stage_teacher, train_dataset, collator, task, config, cache_dir)
+        summary = run_stage(stage, index, net, stage_teacher if recipe.needs_teacher else None, train_dataset,
+                            collator, config, output / "stages", task.label_keys, resume, teacher_outputs=outputs,
+                            **overrides.get(id(stage), {}))
         summaries.append(summary)
         if stage.net == "teacher":
             freeze(teacher)
@@ -563,8 +576,41 @@ def distill(config: ExperimentConfig | str | Path | dict, resume: bool = False, 
         "config_hash": stage_hash,
         "runs": run_record["runs"],  # when the run started and each resume, with the keys it changed
     }
+    if config.student.attention is not None and config.bench.enabled:
+        report["cost_vs_length"] = cost_against_length(config, task, teacher, student, tokenizer, threads, output)
     paths = write_report(report, output)
     return Result(report, output, student_dir, paths)
+
+
+def cost_against_length(config: ExperimentConfig, task: Task, teacher, student, tokenizer, threads: int,
+                        output: Path) -> list[dict]:
+    """An efficient student's cost at growing lengths, beside the teacher (positions extended by copying;
+    SDPA and eager attention) and a full-attention model of the student's size (lmdistill/cost.py).
+    Writes cost_vs_length.{json,md,png} into the output folder; returns the rows."""
+    from lmdistill import cost
+    from lmdistill.models import efficient
+
+    longest = efficient.positions(student.config)
+    lengths = config.bench.lengths
+    if lengths is None:
+        lengths = [n for n in (512 * 2**k for k in range(8)) if n <= longest] or [longest]
+    lengths = [n for n in lengths if n <= longest]
+    if not lengths:
+        return []
+    settings = {"max_length": max(lengths)}
+    long_teacher = efficient.convert(teacher, settings, "full", tokenizer).eval()
+    twin = efficient.full_twin(student, teacher)
+    name = config.student.attention.type
+    models = [cost.CostModel("teacher, full (sdpa)", long_teacher, "sdpa"),
+              cost.CostModel("teacher, full (eager)", long_teacher, "eager"),
+              cost.CostModel("full-attention student (sdpa)", twin, "sdpa"),
+              cost.CostModel("full-attention student (eager)", twin, "eager"),
+              cost.CostModel(f"student ({name})", student)]
+    rows = cost.measure(models, lengths, lambda n: task.bench_batch(tokenizer, 1, n, student.config), threads,
+                        config.bench.repeats, config.bench.rounds, config.bench.memory, output)
+    cost.write(rows, output, reference="full-attention student (eager)",
+               title=f"cost against length, batch 1 ({'cuda' if torch.cuda.is_available() else 'cpu'})")
+    return rows
 
 
 def _load_for_eval(model_path: str, task: Task, key: str, trust_remote_code: bool = False):

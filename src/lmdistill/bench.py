@@ -112,6 +112,7 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device:
     import transformers
 
     import lmdistill.models.pruning  # noqa: F401  registers the prunable (token-dropping) classes
+    from lmdistill.models import efficient  # registers LSG; efficient models need their runtime hooks
 
     torch.set_num_threads(threads)
     if class_name == "onnx":
@@ -128,14 +129,14 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device:
     if device == "cuda":
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats()
-        model = model_class.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).to(device).eval())
         with torch.inference_mode():
             model(**_on(torch.device(device), batch))
         torch.cuda.synchronize()
         queue.put(torch.cuda.max_memory_allocated() / 2**20)
         return
     before = _status_mb("VmRSS")
-    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
+    model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).eval())
     with torch.inference_mode():
         model(**batch)
     peak = _status_mb("VmHWM")

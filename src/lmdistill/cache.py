@@ -23,7 +23,8 @@ all work: the trainer passes each batch's dataset rows (`_index`) and attention 
 are scattered back to the batch's padded positions.
 
 Key. `<data+teacher key>` hashes the format version, the teacher (xxh3 over its weights as they are
-in memory, its config, and the stage's `teacher_id` when it sets one, e.g. a custom teacher pass),
+in memory, its config, the stage's `teacher_id` when it sets one, e.g. a custom teacher pass, and
+the teacher's own `cache_id` when it has one: a windowed teacher's window, overlap and mode),
 and the data (the stage's model-input columns: token ids, masks, type ids, which cover the data, the
 tokenizer and the max length); the field name covers what is stored (k, temperature, dtype). Any
 change gives another key: a stale entry is never read. A run logs whether it built, extended (added
@@ -447,7 +448,10 @@ def prepare(stage, teacher, dataset, collator, cache_root: Path, top_k: int, dty
     start = time.time()
     key = xxhash.xxh3_128(json.dumps({
         "format": FORMAT_VERSION,
-        "teacher": model_fingerprint(teacher, stage.teacher_id),
+        # A wrapped teacher (models/windowed.py) names its settings in `cache_id`: the same weights read
+        # in other windows give other outputs.
+        "teacher": model_fingerprint(teacher, "|".join(
+            part for part in (stage.teacher_id, getattr(teacher, "cache_id", None)) if part) or None),
         "data": data_fingerprint(dataset),
     }, sort_keys=True).encode()).hexdigest()[:20]
     entry = cache_root / "outputs" / key

@@ -74,14 +74,76 @@ class TeacherConfig(Strict):
     seed: Int = Field(42, ge=0, le=MAX_SEED)  # teacher fine-tuning seed: one teacher per task, shared by every student seed
 
 
+ATTENTION_TYPES = ("full", "longformer", "bigbird", "nystromformer", "lsg")
+# The settings each attention type reads; any other key given for that type is an error.
+ATTENTION_SETTINGS = {
+    "full": ("max_length",),
+    "longformer": ("max_length", "window", "global"),
+    "bigbird": ("max_length", "block_size", "num_random_blocks"),
+    "nystromformer": ("max_length", "num_landmarks"),
+    "lsg": ("max_length", "block_size", "sparse_factor", "sparse_blocks", "global"),
+}
+
+
+class AttentionConfig(Strict):
+    """The student's attention (models/efficient.py). The block/window rules of each type are
+    checked here, before anything is built; rules that need the teacher are checked when the
+    student is built (still before anything is written)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    type: Text = "full"  # full | longformer | bigbird | nystromformer | lsg
+    max_length: Int | None = Field(None, ge=8)  # positions of the student; default: the teacher's
+    window: Int | None = Field(None, ge=2)  # longformer: attention_window (even; window/2 tokens each side)
+    block_size: Int | None = Field(None, ge=1)  # bigbird: block_size; lsg: local block
+    num_random_blocks: Int | None = Field(None, ge=0)  # bigbird
+    num_landmarks: Int | None = Field(None, ge=1)  # nystromformer
+    sparse_factor: Int | None = Field(None, ge=0)  # lsg: keys/values averaged over this many tokens (0: no sparse)
+    sparse_blocks: Int | None = Field(None, ge=0)  # lsg: compressed blocks on each side beyond the local ones
+    global_tokens: list[Literal["cls", "question"]] | None = Field(None, alias="global")  # longformer, lsg
+
+    @model_validator(mode="after")
+    def _type_rules(self):
+        if self.type not in ATTENTION_TYPES:
+            raise ValueError(f"unknown attention type '{self.type}' (choose from: {', '.join(ATTENTION_TYPES)})")
+        allowed = ATTENTION_SETTINGS[self.type]
+        for name, field in type(self).model_fields.items():
+            key = field.alias or name
+            if key not in allowed and key != "type" and getattr(self, name) is not None:
+                raise ValueError(f"'{key}' is not a setting of attention type {self.type} "
+                                 f"(its settings: {', '.join(allowed)})")
+        from lmdistill.models.efficient import check_block_rules  # the rules live beside the conversion
+
+        check_block_rules(self)
+        return self
+
+
+class GeneralDistillationConfig(Strict):
+    """Task-agnostic distillation on raw text before the recipe's stages (lmdistill/general.py)."""
+
+    corpus: Text | Annotated[list[Text], Field(min_length=1)]  # plain-text files or globs (e.g. books)
+    max_tokens: Int = Field(2_000_000, ge=1)  # corpus tokens read in all
+    long_length: Int | None = Field(None, ge=8)  # long passages; default: the student's positions
+    short_length: Int = Field(512, ge=8)  # short passages
+    short_fraction: Float = Field(0.5, ge=0, le=1)  # share of the tokens in short passages
+    layer_map: LayerMap = "uniform"  # student -> teacher hidden states
+    epochs: Float = Field(1.0, gt=0)
+    learning_rate: Float | None = Field(None, gt=0, le=1)  # None: training.learning_rate
+    batch_size: Int = Field(4, ge=1)  # passages per step (long passages are long)
+
+
 class StudentConfig(Strict):
-    """How the student is built. Exactly one of layers / num_layers / config / path."""
+    """How the student is built. Exactly one of layers / num_layers / config / path; `attention`
+    turns it into an efficient-attention model (models/efficient.py)."""
 
     layers: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=1)  # keep these teacher layers (0-based)
     num_layers: Int | None = Field(None, ge=1)  # keep this many teacher layers, picked uniformly
     config: dict[str, Any] | None = None  # overrides on the teacher's config; random initialisation
     path: Text | None = None  # any HF folder or hub name
     init_from: Literal["finetuned", "pretrained"] = "finetuned"  # which teacher weights a layer subset copies
+    attention: AttentionConfig | None = None  # efficient attention: type, max_length, window / block sizes
+    general: GeneralDistillationConfig | None = None  # a task-agnostic corpus stage before the recipe's stages
 
     @field_validator("layers")
     @classmethod
@@ -107,9 +169,10 @@ class TaskConfig(Strict):
     # One column, or two for sentence pairs (classification only; NER: the tokens column).
     text: Text | Annotated[list[Text], Field(min_length=1, max_length=2)] | None = None
     label: Text | None = None
-    format: Literal["auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text"] = "auto"
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "conll", "squad", "text", "brat"] = "auto"  # brat: a folder
     max_length: Int | None = Field(None, ge=8)  # default per task kind; capped at the model's positions
-    doc_stride: Int = Field(128, ge=0)  # question answering: overlap between windows of a long context
+    doc_stride: Int = Field(128, ge=0)  # overlap between windows of a long context (QA) or document (NER)
+    max_answer_tokens: Int = Field(30, ge=1)  # question answering: longest answer span considered, in tokens
     lm_type: Literal["auto", "masked", "causal"] = "auto"  # language modelling: auto follows the teacher
     mlm_probability: Float = Field(0.15, gt=0, lt=1)
     block_size: Int | None = Field(None, ge=8)  # language modelling: tokens per training block (default max_length)
@@ -210,6 +273,9 @@ class BenchConfig(Strict):
     keep_ratios: list[Annotated[Float, Field(gt=0, le=1)]] | None = None
     length_search: LengthSearchConfig | None = None
     pruning_seq_lens: list[Annotated[Int, Field(ge=1)]] = []  # their latency also at these lengths (e.g. [128]): latency_ms_at
+    # Efficient-attention students: latency and peak memory against these lengths (cost_vs_length.*);
+    # None: 512, 1024, ... up to the student's max_length; []: not measured.
+    lengths: list[Annotated[Int, Field(ge=1)]] | None = None
 
     @field_validator("keep_ratios")
     @classmethod

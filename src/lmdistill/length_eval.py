@@ -54,6 +54,7 @@ def _split(output, count: int) -> list:
 def score_at(model: nn.Module, task, tokenizer, length_config, dataset=None, batch_size: int = 64) -> dict:
     """Task metrics of a prunable `model` at `length_config`, on `dataset` (default: the eval split),
     with the examples grouped by exact length (see the module docstring)."""
+    split_raw = task.raw_eval if dataset is None else None  # the eval split is scored as the task scores it
     dataset = dataset if dataset is not None else task.eval_dataset(tokenizer, model.config)
     keep = [c for c in dataset.column_names if not c.startswith("_")]
     columns = dataset.select_columns(keep).to_dict()
@@ -67,15 +68,20 @@ def score_at(model: nn.Module, task, tokenizer, length_config, dataset=None, bat
     was_training = model.training
     model.eval()
     items: list = [None] * len(dataset)
+    as_array = False  # the task's eval_step gives one array per batch (else a list of per-example items)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
-            for index, item in zip(chunk, _split(task.eval_step(wrapped, batch), len(chunk))):
+            output = task.eval_step(wrapped, batch)
+            as_array = isinstance(output, np.ndarray)
+            for index, item in zip(chunk, _split(output, len(chunk))):
                 items[index] = item
     model.train(was_training)
-    outputs = [np.stack(items)] if isinstance(items[0], np.ndarray) else [items]
-    metrics = task.compute_metrics(outputs, dataset, None)
+    # Back in dataset order, as one batch of the task's own kind (a list may hold arrays of different
+    # lengths, e.g. token classification's per-window predictions).
+    outputs = [np.stack(items)] if as_array else [items]
+    metrics = task.compute_metrics(outputs, dataset, split_raw)
     metrics = {k: float(v) for k, v in metrics.items()}
     return {"metric": task.primary_metric, "score": metrics[task.primary_metric], **metrics}
 

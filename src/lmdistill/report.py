@@ -85,6 +85,11 @@ def write_report(report: dict, output: Path) -> dict[str, Path]:
         f"sequence length {report.get('bench', {}).get('seq_len')} with {report.get('bench', {}).get('threads')} "
         "threads, same inputs for both models.\n"
     )
+    if report.get("cost_vs_length"):  # efficient-attention students (lmdistill/cost.py, cost_vs_length.png)
+        from lmdistill.cost import markdown as cost_markdown
+
+        details += ("\n## Cost against sequence length (batch 1)\n\n"
+                    + cost_markdown(report["cost_vs_length"], "full-attention student (eager)") + "\n")
     atomic_write_text(paths["md"], title + markdown_table(report) + details)
     killpoint.hit("report")
     curve = report["student"].get("pruning", []) + report["student"].get("length_search", [])

@@ -80,12 +80,18 @@ def changed_keys(old: dict, new: dict) -> dict[str, list]:
 
 
 def data_hashes(config, resolve) -> dict[str, str]:
-    """Content hashes of the train and eval files (a hub dataset: its name). `resolve(path)` finds a file."""
+    """Content hashes of the train and eval files (a brat folder: its .txt and .ann files; a hub dataset:
+    its name). `resolve(path)` finds a file."""
     hashes = {}
     for key in ("train", "eval"):
         source = getattr(config.task, key)
         path = resolve(source)
-        hashes[f"task.{key}"] = files_fingerprint([path]) if path is not None and path.is_file() else hash_json(source)
+        if path is not None and path.is_file():
+            hashes[f"task.{key}"] = files_fingerprint([path])
+        elif path is not None and path.is_dir():
+            hashes[f"task.{key}"] = files_fingerprint(sorted([*path.glob("*.ann"), *path.glob("*.txt")]))
+        else:
+            hashes[f"task.{key}"] = hash_json(source)
     return hashes
 
 

@@ -62,13 +62,28 @@ def layer_subset(model: nn.Module, keep: list[int]) -> nn.Module:
 
 
 def build_student(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict,
-                  trust_remote_code: bool = False):
+                  trust_remote_code: bool = False, tokenizer=None):
     """Return (student model, description).
 
     finetuned_teacher: the teacher as the recipe uses it (task head trained).
     load_pretrained:   a zero-argument function loading the teacher's pretrained weights, used when
                        `init_from: pretrained`.
+    tokenizer:         the student's tokenizer (its [CLS]/[SEP] ids go into an efficient student's config).
+    With `cfg.attention`, the student built from the other keys is converted (models/efficient.py).
     """
+    student, description = _build_full(cfg, finetuned_teacher, load_pretrained, auto_class, model_kwargs,
+                                       trust_remote_code)
+    if cfg.attention is None:
+        return student, description
+    from lmdistill.models import efficient
+
+    settings = efficient.check_conversion(cfg.attention, student)
+    student = efficient.convert(student, settings, cfg.attention.type, tokenizer)
+    return student, f"{description}, {efficient.describe(cfg.attention.type, settings)}"
+
+
+def _build_full(cfg: StudentConfig, finetuned_teacher, load_pretrained, auto_class, model_kwargs: dict,
+                trust_remote_code: bool = False):
     if cfg.path is not None:
         from lmdistill.models.teacher import load_model
 

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 from lmdistill.config import TeacherConfig
 from lmdistill.errors import ConfigError
 from lmdistill.io_utils import atomic_dir, file_fingerprint, file_lock, hash_json, read_seal, seal_dir
+from lmdistill.models import efficient  # also registers the LSG classes with the Auto* factories
 
 logger = logging.getLogger("lmdistill")
 
@@ -183,6 +184,7 @@ def load_model(auto_class, source: str, model_kwargs: dict, attn_implementation:
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise _load_error(key, source, f"as {auto_class.__name__}", err) from None
     missing = list(info.get("missing_keys", [])) + [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
+    efficient.attach_runtime(model)  # efficient-attention students: the behaviour HF leaves to the caller
     return model, missing
 
 

@@ -107,6 +107,11 @@ class Task:
         """Whether a loaded model's task head matches this task (else the teacher is fine-tuned)."""
         return True
 
+    def distillation_teacher(self, teacher, tokenizer, student_config):
+        """The teacher as distillation stages run it on the student's batches. Default: itself. Tasks
+        whose student may read further than the teacher's positions return a windowed teacher."""
+        return teacher
+
     def bind_tokenizer(self, tokenizer) -> None:
         """Called once with the teacher's tokenizer, before anything is written: a task that depends on
         the tokenizer (prompt verbalizers) checks it here."""
@@ -132,11 +137,11 @@ class Task:
 
     def max_length(self, tokenizer, model_config=None) -> int:
         wanted = self.cfg.max_length or self.default_max_length
-        limit = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
+        from lmdistill.models.efficient import positions
+
+        # RoBERTa-style models (and Longformer) spend padding_idx + 1 positions on no token.
+        limit = positions(model_config) if model_config is not None else None
         if limit:
-            # BERT-style models spend 2 positions on no token; RoBERTa-style on padding_idx + 1.
-            limit = int(limit) - (int(getattr(model_config, "pad_token_id", 0) or 0) + 1 if "roberta" in str(
-                getattr(model_config, "model_type", "")) else 0)
             if wanted > limit:
                 logger.warning(
                     "task.max_length %d is longer than the model's %d positions; using %d", wanted, limit, limit

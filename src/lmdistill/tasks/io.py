@@ -2,7 +2,7 @@
 
 Formats: tsv, csv, CoNLL/IOB2 (`token tag` per line, blank line between sentences) and plain
 text (one row per line) here; jsonl/json and SQuAD json (flattened to one row per question) in
-`json_io`.
+`json_io`; a folder of brat standoff documents (`.txt` + `.ann`, one row per document) in `brat`.
 A hub dataset is written `hub:NAME@SPLIT` (or a bare name that is not a path); offline it fails
 with a one-line DataError.
 
@@ -391,7 +391,13 @@ def load_rows(
             return Split(data, source)
         raise DataError(f"{key}: file not found: {source}")
     if path.is_dir():
-        raise DataError(f"{key}: {path} is a folder; give a file")
+        if fmt not in ("brat", "auto") or not any(path.glob("*.ann")):
+            raise DataError(f"{key}: {path} is a folder; give a file (or a folder of brat .txt/.ann files)")
+        from lmdistill.tasks.brat import read_brat  # brat builds on this module
+
+        return read_brat(path)
+    if fmt == "brat":
+        raise DataError(f"{key}: {path} is a file; task.format brat reads a folder of brat .txt/.ann files")
     if not path.is_file():
         raise DataError(f"{key}: {path} is not a regular file")
     text = read_text_file(path)

@@ -8,9 +8,13 @@ index 0 when the answer is not inside the window. Eval windows keep their exampl
 (`_example_id`) and the character offsets of their context tokens (`_offset_mapping`, [-1, -1]
 for question, special and padding tokens); `Task.predict` drops these `_` columns before collation.
 
+A student with more positions than its teacher (efficient attention, `task.max_length` up to
+4,096) reads a long context in fewer, longer windows; during distillation the teacher reads each of
+them in its own 512-token windows, the question repeated in each (`distillation_teacher`).
+
 Metrics: the standard SQuAD post-processing (the 20 best start and 20 best end positions of every
-window, spans of at most 30 tokens, the best-scoring span over all windows of an example), then the
-official SQuAD v1.1 exact match and F1 (answers normalised: lowercase, no punctuation, no articles
+window, spans of at most `task.max_answer_tokens` tokens (default 30), the best-scoring span over
+all windows of an example), then the official SQuAD v1.1 exact match and F1 (answers normalised: lowercase, no punctuation, no articles
 a/an/the, single spaces; the maximum over the gold answers). Both are percentages, 0..100, as in the
 official evaluation script; the primary metric is `f1`.
 """
@@ -34,6 +38,7 @@ from lmdistill.tasks.json_io import whole_number
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
 PAD_LOGIT = -1.0e4  # padded positions in logit KD: exp() is 0, and no inf or nan appears
+RULED_OUT = -1.0e5  # a student logit at or below this marks a position the model excludes by construction
 COLUMNS = ("id", "context", "question", "answers")
 
 
@@ -298,6 +303,16 @@ class QuestionAnsweringTask(Task):
             ]
         return datasets.Dataset.from_dict(columns)
 
+    def distillation_teacher(self, teacher, tokenizer, student_config):
+        """A teacher with fewer positions than the student's windows reads each (question, context window)
+        in its own windows, the question repeated in each; start/end logits merged per token."""
+        from lmdistill.models.windowed import WindowedTeacher
+
+        window = self.max_length(tokenizer, teacher.config)
+        if self.max_length(tokenizer, student_config) <= window:
+            return teacher
+        return WindowedTeacher(teacher, window, self.stride(window), pair=True)
+
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
@@ -323,7 +338,7 @@ class QuestionAnsweringTask(Task):
         ids = list(split_raw["id"])
         contexts = dict(zip(ids, split_raw["context"]))
         predictions = postprocess(starts, ends, list(dataset["_example_id"]), list(dataset["_offset_mapping"]),
-                                  contexts)
+                                  contexts, max_answer_tokens=self.cfg.max_answer_tokens)
         references = {qid: list(a["text"]) for qid, a in zip(ids, split_raw["answers"])}
         return squad_scores(predictions, references)
 
@@ -332,7 +347,10 @@ class QuestionAnsweringTask(Task):
         pad = ~batch.mask.bool()
         pairs = []
         for k in range(2):
-            s = student_logits[..., k].masked_fill(pad, PAD_LOGIT)
-            t = teacher_logits[..., k].masked_fill(pad, PAD_LOGIT)
+            # Positions the student itself rules out are left out too (BigBird's QA model puts the
+            # question tokens at -1e6): the teacher's small mass there would dominate the KL.
+            out = pad | (student_logits[..., k].detach() <= RULED_OUT)
+            s = student_logits[..., k].masked_fill(out, PAD_LOGIT)
+            t = teacher_logits[..., k].masked_fill(out, PAD_LOGIT)
             pairs.append((s, t))
         return pairs

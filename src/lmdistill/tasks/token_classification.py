@@ -8,8 +8,17 @@ or a broken IOB2 file) is read as B-X, as conlleval reads it, and counted (`repa
 
 Words are tokenized with `is_split_into_words=True`; each word's label sits on its FIRST subword,
 the other subwords and the special tokens get -100 (ignored by the loss and the metrics).
+
+Long documents are never truncated. A document longer than the model's window (`task.max_length`,
+capped at the model's positions) is cut into overlapping windows, `task.doc_stride` tokens of
+overlap (default 128), each wrapped in the tokenizer's special tokens. Training uses every window.
+At evaluation each word takes the prediction of the window in which its first subword is farthest
+from a window edge (the centre of a window wins; a document's own first and last tokens count as
+far from the edge), and the whole document is scored against all its gold tags, so an entity past
+any cut is still scored. A word the tokenizer turns into no subword at all is predicted `O`.
+
 Metrics: entity-level precision, recall and F1 (seqeval, conlleval-style, the primary metric is
-`f1`), and token accuracy over the labelled (first-subword) positions, all in 0..1.
+`f1`), and token accuracy over all words, all in 0..1.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from lmdistill.errors import DataError
 from lmdistill.tasks.base import LabeledTask, logger, masked_rows
 from lmdistill.tasks.io import Skips, Split
+from lmdistill.tasks.windows import document_windows, merge_word_predictions
 
 IGNORE = -100
 SCHEME_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
@@ -150,33 +160,64 @@ class TokenClassificationTask(LabeledTask):
     def auto_class(self):
         return AutoModelForTokenClassification
 
+    def stride(self, max_length: int) -> int:
+        stride = self.cfg.doc_stride
+        if stride >= max_length // 2:
+            stride = max(max_length // 4, 0)
+        return stride
+
     def tokenize(self, split, raw, tokenizer, max_length):
         words = [[str(w) for w in row] for row in raw[self.text_column]]
         tags = [[self.label2id[str(t)] for t in row] for row in raw[self.label_column]]
-        full = tokenizer(words, is_split_into_words=True, truncation=False, verbose=False)
-        self.warn_truncated(split, [len(ids) for ids in full["input_ids"]], max_length)
-        encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-        columns = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        columns["labels"] = [align_labels(encoded.word_ids(i), tags[i]) for i in range(len(words))]
+        windows = document_windows(words, tokenizer, max_length, self.stride(max_length))
+        long_docs = len({w.doc for w in windows if w.count > 1})
+        if long_docs:
+            logger.info("%s: %d of %d documents are longer than %d tokens and were cut into overlapping windows",
+                        split, long_docs, len(words), max_length)
+        columns = {"input_ids": [w.input_ids for w in windows], "attention_mask": [[1] * len(w.input_ids)
+                                                                                    for w in windows]}
+        if "token_type_ids" in tokenizer.model_input_names:
+            columns["token_type_ids"] = [[0] * len(w.input_ids) for w in windows]
+        columns["labels"] = [[tags[w.doc][i] if i >= 0 else IGNORE for i in w.first_word] for w in windows]
+        if split != "train":
+            columns["_doc"] = [w.doc for w in windows]
+            columns["_word"] = [w.first_word for w in windows]
+            columns["_score"] = [w.centre_score for w in windows]
         return datasets.Dataset.from_dict(columns)
+
+    def distillation_teacher(self, teacher, tokenizer, student_config):
+        """A teacher with fewer positions than the student's windows reads them in windows (merged per token)."""
+        from lmdistill.models.windowed import WindowedTeacher
+
+        window = self.max_length(tokenizer, teacher.config)
+        if self.max_length(tokenizer, student_config) <= window:
+            return teacher
+        return WindowedTeacher(teacher, window, self.stride(window))
 
     def collator(self, tokenizer):
         return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
 
     def eval_step(self, model, batch):
-        """Per sentence: (predicted ids, gold ids) at the labelled positions. Padding side does not matter."""
+        """Per window, the predicted label ids of its real tokens, in order (padding dropped, either side)."""
         inputs = {k: v for k, v in batch.items() if k not in self.label_keys}
         pred = model(**inputs).logits.argmax(-1).cpu().numpy()
-        gold = batch["labels"].cpu().numpy()
-        return [(p[g != IGNORE], g[g != IGNORE]) for p, g in zip(pred, gold)]
+        mask = batch["attention_mask"].bool().cpu().numpy()
+        return [p[m] for p, m in zip(pred, mask)]
 
     def compute_metrics(self, outputs, dataset, split_raw) -> dict:
-        gold, pred = [], []
-        for batch in outputs:
-            for p, g in batch:
-                pred.append([self.labels[i] for i in p])
-                gold.append([self.labels[i] for i in g])
-        return entity_scores(gold, pred)
+        """Whole documents (an eval split with its raw rows); without them (e.g. training windows scored
+        for a length search) each window on its own labelled positions (first subwords)."""
+        windows = [p for batch in outputs for p in batch]
+        if split_raw is None or "_doc" not in dataset.column_names:
+            gold = [[g for g in labels if g != IGNORE] for labels in dataset["labels"]]
+            pred = [[p for p, g in zip(window, labels) if g != IGNORE] for window, labels in zip(windows, dataset["labels"])]
+            return entity_scores([[self.labels[i] for i in row] for row in gold],
+                                 [[self.labels[i] for i in row] for row in pred])
+        gold_docs = [[str(t) for t in row] for row in split_raw[self.label_column]]
+        merged = merge_word_predictions(windows, list(dataset["_doc"]), list(dataset["_word"]),
+                                        list(dataset["_score"]), [len(doc) for doc in gold_docs])
+        pred_docs = [[self.labels[i] if i >= 0 else "O" for i in doc] for doc in merged]
+        return entity_scores(gold_docs, pred_docs)
 
     def logit_pairs(self, student_logits, teacher_logits, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [masked_rows(student_logits, teacher_logits, batch.mask)]
