@@ -221,6 +221,8 @@ def per_document_cost(task, model, tokenizer) -> dict:
     memory of the forward pass on the longest document (above the memory held before it, in MB)."""
     import statistics
 
+    from lmdistill.bench import status_mb
+
     dataset = task.eval_dataset(tokenizer, model.config)
     doc_column = "_doc" if "_doc" in dataset.column_names else "_example_id"
     keep = [c for c in dataset.column_names if not c.startswith("_")]
@@ -237,22 +239,14 @@ def per_document_cost(task, model, tokenizer) -> dict:
         model(**batch)
         times.append((time.perf_counter() - start) * 1000)
     batch = collate([{k: dataset[r][k] for k in keep} for r in longest])
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     model(**batch)
-    peak = max(_status_mb("VmHWM") - before, 0.0)
+    peak = max(status_mb("VmHWM") - before, 0.0)
     return {"latency_ms_per_doc": round(statistics.median(times), 1), "docs": len(times),
             "windows_per_doc": round(len(dataset) / len(groups), 2), "peak_mem_mb_longest_doc": round(peak, 1),
             "tokens_longest_doc": int(batch["attention_mask"].sum())}
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run_task(args) -> None:

@@ -98,7 +98,7 @@ def forward_gflops(model, batch: dict) -> float | None:
     return counter.get_total_flops() / 1e9
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
     """VmRSS (now) or VmHWM (peak) of this process, in MiB. Unlike ru_maxrss, VmHWM is not
     inherited from the parent across fork/exec."""
     with open("/proc/self/status") as handle:
@@ -118,9 +118,9 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device:
     if class_name == "onnx":
         from lmdistill.export import OnnxModel
 
-        before = _status_mb("VmRSS")
+        before = status_mb("VmRSS")
         OnnxModel(folder, threads)(**batch)
-        queue.put(max(_status_mb("VmHWM") - before, 0.0))
+        queue.put(max(status_mb("VmHWM") - before, 0.0))
         return
     auto_class = getattr(transformers, class_name)
     # Import the model's code before the baseline, so only weights and activations are counted.
@@ -135,11 +135,11 @@ def _peak_child(folder: str, class_name: str, batch: dict, threads: int, device:
         torch.cuda.synchronize()
         queue.put(torch.cuda.max_memory_allocated() / 2**20)
         return
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     model = efficient.attach_runtime(model_class.from_pretrained(folder, dtype=torch.float32).eval())
     with torch.inference_mode():
         model(**batch)
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     queue.put(max(peak - before, 0.0))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmdistill.bench import latency_ms
+from lmdistill.bench import latency_ms, status_mb
 from lmdistill.io_utils import atomic_write_json, atomic_write_text
 
 
@@ -125,14 +125,6 @@ def _peak_cuda(entry: CostModel, batches) -> dict[int, float]:
     return out
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _child(folder: str, attn: str | None, batches: dict, threads: int, queue) -> None:
     import transformers
 
@@ -152,11 +144,11 @@ def _child(folder: str, attn: str | None, batches: dict, threads: int, queue) ->
         model(**batches[first])  # warm up thread pools and kernels
         for length, batch in sorted(batches.items()):
             set_length(model, length)
-            before = _status_mb("VmRSS")
+            before = status_mb("VmRSS")
             with open("/proc/self/clear_refs", "w") as handle:  # reset the high-water mark (VmHWM)
                 handle.write("5")
             model(**batch)
-            out[length] = round(max(_status_mb("VmHWM") - before, 0.0), 1)
+            out[length] = round(max(status_mb("VmHWM") - before, 0.0), 1)
     queue.put(out)
 
 
