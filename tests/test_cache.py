@@ -18,7 +18,6 @@ from conftest import DATA, sst2_config
 from lmdistill.api import distill, fill_cache
 from lmdistill.cache import CachedTeacherOutputs
 from lmdistill.cli import main
-from lmdistill.errors import ConfigError
 from lmdistill.losses import kd_kl, topk_kd_kl
 from lmdistill.models.features import TopKLogits
 

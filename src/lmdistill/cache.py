@@ -200,7 +200,7 @@ class FieldReader:
                 continue
             # Rows from several shards: put them back in the batch's order.
             order = {int(r): i for i, r in enumerate(rows)}
-            pieces, lengths = [], []
+            pieces = []
             for tensor, pick in parts:
                 sizes = (self.end[pick] - self.start[pick]).tolist()
                 for row, piece in zip(pick, torch.split(tensor, sizes)):

@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import types
 import warnings
 from pathlib import Path
