@@ -4,8 +4,8 @@ and what the conversion costs on short tasks.
 Subcommands (results: benchmarks/results/long/<key>.json; tables from those files only):
 
     python benchmarks/bench_long.py cost                 # latency + peak memory at 512..4096 tokens
-    python benchmarks/bench_long.py ner                  # LitBank whole-document NER (fold 0)
-    python benchmarks/bench_long.py qa                   # COVID-QA (split by document)
+    python benchmarks/bench_long.py ner                  # LitBank whole-document NER (fold 0; --litbank DIR or $LMDISTILL_LITBANK)
+    python benchmarks/bench_long.py qa                   # COVID-QA (split by document; --covid-qa FILE or $LMDISTILL_COVID_QA)
     python benchmarks/bench_long.py short --task wikiann # WikiANN (5k train sentences), students with 512 positions
     python benchmarks/bench_long.py short --task squad   # the SQuAD v1.1 slice (269 train / 300 dev questions)
     python benchmarks/bench_long.py table --markdown benchmarks/results/long.md
@@ -193,11 +193,20 @@ def covid_qa_files(source: Path, test_docs: int, max_train_questions: int, seed:
 
 def task_settings(args) -> tuple[str, dict]:
     if args.command == "ner":
-        folders = litbank_folders(Path(args.litbank))
+        import common
+
+        folders = litbank_folders(common.outside_data(args.litbank, "LMDISTILL_LITBANK", "--litbank",
+                                                      "the LitBank folder (litbank of the project's data)",
+                                                      "bench_long"))
         return "litbank", {"kind": "token-classification", "train": str(folders["train"]),
                            "eval": str(folders["test"]), "max_length": MAX_LENGTH, "doc_stride": 128}
     if args.command == "qa":
-        files = covid_qa_files(Path(args.covid_qa), args.test_docs, args.max_train_questions)
+        import common
+
+        path = common.outside_data(args.covid_qa, "LMDISTILL_COVID_QA", "--covid-qa",
+                                   "the COVID-QA json (covid_qa_prerelease/covid_qa_200423.ccby.json of the "
+                                   "project's data)", "bench_long")
+        files = covid_qa_files(path, args.test_docs, args.max_train_questions)
         return "covidqa", {"kind": "question-answering", "train": str(files["train"]), "eval": str(files["test"]),
                            "max_length": args.qa_length, "doc_stride": 128, "max_answer_tokens": 100}
     if args.command == "short":
@@ -381,8 +390,8 @@ def main(argv=None) -> int:
         p.add_argument("--full-batch-size", type=int, default=8, help="the full-attention student (512-token windows)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--tag", default="")
-        p.add_argument("--litbank", default="/work/shared/data/litbank")
-        p.add_argument("--covid-qa", default="/work/shared/data/covid_qa_prerelease/covid_qa_200423.ccby.json")
+        p.add_argument("--litbank", default=None, help="the LitBank folder (or $LMDISTILL_LITBANK)")
+        p.add_argument("--covid-qa", default=None, help="the COVID-QA json (or $LMDISTILL_COVID_QA)")
         p.add_argument("--test-docs", type=int, default=9)
         p.add_argument("--max-train-questions", type=int, default=300)
         p.add_argument("--qa-length", type=int, default=MAX_LENGTH, help="QA: students' max_length")

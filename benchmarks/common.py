@@ -61,13 +61,22 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = RESULTS / "runs"  # one JSON per run: the only input of the tables
+def outside_data(given: Path | str | None, env: str, option: str, what: str, script: str) -> Path:
+    """A data path too large to ship in the repo, given by `option` or the environment variable `env`;
+    a missing one stops the script with one line naming both."""
+    text = str(given or os.environ.get(env) or "")
+    if not text or not Path(text).exists():
+        sys.exit(f"{script}: {option} (or ${env}): give {what}; got '{text}'")
+    return Path(text)
+
+
 def books_folder(given: Path | str | None, script: str) -> Path:
     """The LitBank books folder (80 public-domain novels, 45 MB: too large to ship in the repo). Give it
     with --books or $LMDISTILL_BOOKS; a missing folder stops the script with one line."""
-    folder = Path(given or os.environ.get("LMDISTILL_BOOKS") or "")
-    if not str(given or os.environ.get("LMDISTILL_BOOKS") or "") or not any(folder.glob("*.txt")):
-        sys.exit(f"{script}: --books (or $LMDISTILL_BOOKS): give the LitBank books folder of .txt files "
-                 f"(litbank_books/texts of the project's data); got '{folder}'")
+    what = "the LitBank books folder of .txt files (litbank_books/texts of the project's data)"
+    folder = outside_data(given, "LMDISTILL_BOOKS", "--books", what, script)
+    if not any(folder.glob("*.txt")):
+        sys.exit(f"{script}: --books (or $LMDISTILL_BOOKS): give {what}; got '{folder}'")
     return folder
 
 
