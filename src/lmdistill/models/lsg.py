@@ -155,9 +155,10 @@ class LSGBertModel(BertModel):
             new.load_state_dict(old.state_dict())
             layer.attention.self = new
 
-    def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
-                                encoder_hidden_states, past_key_values):
-        # LSG reads the plain [B, L] mask: no L x L mask is ever built.
+    def _create_attention_masks(self, attention_mask, encoder_attention_mask, *args, **kwargs):
+        # LSG reads the plain [B, L] mask: no L x L mask is ever built. The other arguments (embeddings,
+        # encoder states, the cache, and position ids since transformers 5.25) are not needed here, and
+        # their names change between transformers releases, so they are taken as they come.
         return attention_mask, encoder_attention_mask
 
 
