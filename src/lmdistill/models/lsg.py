@@ -10,8 +10,10 @@ sequences", simplified. The sequence is cut into blocks of `lsg_block_size` toke
           to every token.
 
 A global token is removed from the local keys, so no key is counted twice. When one block covers
-the whole input this is exactly full attention (tested). Memory per layer is
-B x heads x L x (global + 3 block + 2 sparse_blocks block / sparse_factor): linear in L.
+the whole input this is exactly full attention (tested). Each block's queries meet its gathered keys in
+torch's fused scaled_dot_product_attention, so no score matrix is kept: memory per layer is the gathered
+keys and values, B x heads x L x (global + 3 block + 2 sparse_blocks block / sparse_factor) x head size
+each, linear in L.
 
 The model reuses BERT's weights unchanged (same parameter names, no new weights), so converting a
 BERT is a matter of config plus longer position embeddings. This file imports only torch and
@@ -117,10 +119,17 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
         oks.insert(0, mask[:, None, :g].expand(B, nb, g))
 
     all_k, all_v, all_ok = torch.cat(keys, dim=3), torch.cat(values, dim=3), torch.cat(oks, dim=2)
-    scores = torch.einsum("bhnqd,bhnkd->bhnqk", q_blocks, all_k)
-    scores.masked_fill_(~all_ok[:, None, :, None, :], neg)  # in place: one scores-sized tensor fewer
-    probs = F.dropout(scores.softmax(-1), p=dropout, training=training)
-    out = torch.einsum("bhnqk,bhnkd->bhnqd", probs, all_v).reshape(B, H, nb * b, d)
+    # Each (batch, head, block) is one small attention problem: its b queries against its K gathered keys.
+    # torch's fused SDPA kernel solves them without ever holding the [b, K] score matrices of all blocks
+    # at once (the einsum + softmax form held two of them: most of LSG's memory). The mask is additive
+    # (finfo.min, not -inf), so a block with no real key gets a uniform average and never NaN.
+    K = all_k.shape[3]
+    bias = torch.zeros(B, nb, K, dtype=query.dtype, device=query.device).masked_fill_(~all_ok, neg)
+    out = F.scaled_dot_product_attention(
+        q_blocks.reshape(B, H * nb, b, d), all_k.reshape(B, H * nb, K, d), all_v.reshape(B, H * nb, K, d),
+        attn_mask=bias[:, None].expand(B, H, nb, K).reshape(B, H * nb, 1, K),
+        dropout_p=dropout if training else 0.0, scale=1.0,  # q_blocks is already scaled
+    ).reshape(B, H, nb * b, d)
 
     if g:  # global queries see every token
         scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, :g] * scale, key)
