@@ -17,6 +17,7 @@ Keeping the last layers matters most, as the layer-pruning literature finds for 
 (`--steps` x batch 8 x 128 tokens):
   kd            0.5 * LM cross-entropy (labels) + 0.5 * T^2 KL, T 2 (the repository's causal kd preset)
   glmd          stage 1 only: T^2 KL over the vocabulary at every position, T 15, no labels
+  glmd-T2       the same at T 2: kd without its label term (separates the labels from the temperature)
   glmd-vc0.5    the same with vocab_keep 0.5 (tokens ranked on the training text; substitutes by dot product)
   glmd-vc0.25   vocab_keep 0.25
   glmd-vc0.25-split  vocab_keep 0.25, dropped_tokens: split (trained on the saved tokenizer's own pieces)
@@ -74,6 +75,8 @@ DATA_DIR = common.REPO / "runs" / "glmd-bench"  # derived text files (not commit
 LM_RECIPES = {
     "kd": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
     "glmd": {"name": "glmd", "temperature": 15.0},
+    # The label question alone: GLMD's KL-only objective at kd's temperature (kd minus its label term).
+    "glmd-T2": {"name": "glmd", "temperature": 2.0},
     "glmd-vc0.5": {"name": "glmd", "temperature": 15.0, "vocab_keep": 0.5},
     "glmd-vc0.25": {"name": "glmd", "temperature": 15.0, "vocab_keep": 0.25},
     "glmd-vc0.25-split": {"name": "glmd", "temperature": 15.0, "vocab_keep": 0.25, "dropped_tokens": "split"},

@@ -328,9 +328,13 @@ def _signature(config: dict) -> str:
     for field in ("train", "eval"):
         path = Path(config["task"][field])
         text = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-        # A run made in another checkout (a snapshot copy of the repo) wrote its generated data under
-        # its own runs/bench: the same file for the comparison.
-        config["task"][field] = text[text.index("runs/bench/"):] if "runs/bench/" in text else text
+        # A run made in another checkout (a snapshot copy of the repo) read its data under its own root:
+        # compared from the repo's top-level folder on, it is the same file.
+        for top in ("/runs/", "/data/", "/benchmarks/"):
+            if top in text and not Path(text).is_relative_to(REPO):
+                text = text[text.index(top) + 1:]
+                break
+        config["task"][field] = text
     return json.dumps(config, sort_keys=True)
 
 
