@@ -287,9 +287,10 @@ def lm_table(runs: list[common.Run], args, texts: dict) -> str:
     done = [r for r in records.values() if r]
     lines = [f"### GLMD on SmolLM2-135M: 15-layer student, books, {args.steps * BATCH * BLOCK:,} training tokens", "",
              "| model | recipe | labels | vocab kept | params (M) | embedding (M) | rest (M) | ppl WikiText-2 | "
-             "ppl books | substitute view (wiki / books) | latency b1 / b8 (ms) | peak mem (MB) | tokens seen | "
+             "ppl books | substitute view (wiki / books) | latency b1 / b8 (ms) | faster than the teacher b1 / b8 (same run) | "
+             "peak mem (MB) | tokens seen | "
              "train (min) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     teacher = json.loads(teacher_path(texts).read_text()) if teacher_path(texts).is_file() else None
     texts_meta = {name: teacher[name]["stream_tokens"] for name in texts} if teacher else {}
     if teacher and done:
@@ -302,7 +303,8 @@ def lm_table(runs: list[common.Run], args, texts: dict) -> str:
             f"{p['rest'] / 1e6:.1f} | {per_teacher_token(teacher['wikitext'], t_stream['wikitext']):.2f} | "
             f"{per_teacher_token(teacher['books'], t_stream['books']):.2f} | — | "
             f"{common.mean_std([x.get('batch1') for x in lat], digits=0)} / "
-            f"{common.mean_std([x.get(f'batch{BATCH}') for x in lat], digits=0)} | {common.mean_std(mem, digits=0)} | — | — | — |")
+            f"{common.mean_std([x.get(f'batch{BATCH}') for x in lat], digits=0)} | 1.00x / 1.00x | "
+            f"{common.mean_std(mem, digits=0)} | — | — | — |")
     for recipe in LM_RECIPES:
         members = [run for run in runs if run.recipe == recipe]
         reps = [records[r.key] for r in members if records[r.key]]
@@ -320,16 +322,23 @@ def lm_table(runs: list[common.Run], args, texts: dict) -> str:
         sub = (f"{ppl('substitute_view', 'wikitext')} / {ppl('substitute_view', 'books')}"
                if "substitute_view" in first["heldout"] else "—")
         student = [r["report"]["student"] for r in reps]
+
+        def ratio(size):
+            values = [r["report"]["teacher"]["latency_ms"][size] / r["report"]["student"]["latency_ms"][size]
+                      for r in reps if r["report"]["student"]["latency_ms"].get(size)]
+            return common.mean_std(values) + "x" if values else "—"
+
         lines.append(
             f"| student ({STUDENT}) | {recipe} | {'yes' if recipe == 'kd' else 'no'} | {vocab:,} ({kept:g}) | "
             f"{split['total'] / 1e6:.1f} | {split['embedding'] / 1e6:.1f} | {split['rest'] / 1e6:.1f} | "
             f"{ppl('saved', 'wikitext')} | {ppl('saved', 'books')} | {sub} | "
             f"{common.mean_std([s['latency_ms'].get('batch1') for s in student], digits=0)} / "
             f"{common.mean_std([s['latency_ms'].get(f'batch{BATCH}') for s in student], digits=0)} | "
+            f"{ratio('batch1')} / {ratio(f'batch{BATCH}')} | "
             f"{common.mean_std([s.get('peak_mem_mb') for s in student], digits=0)} | {first['tokens_seen']:,} | "
             f"{statistics.mean(r['wall_s'] for r in reps) / 60:.1f} | {len(reps)} of {len(members)} |")
     if not done:
-        lines.append("| (no stored results yet) |" + " |" * 14)
+        lines.append("| (no stored results yet) |" + " |" * 15)
     threads = done[0]["report"]["bench"].get("threads", "?") if done else "?"
     lines += ["", (
         f"Student: teacher layers 0-5 and 21-29 (15 of 30), initialised from the pretrained teacher. Training: "

@@ -291,7 +291,9 @@ def run_task(args) -> None:
                 args.command, 512)),
             "task": task_cfg,
             "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
-            "training": {"epochs": args.epochs, "batch_size": args.batch_size if efficient else args.full_batch_size,
+            "training": {"epochs": args.epochs,
+                         # whole documents (ner, qa) in small batches; short texts in the same batches for all
+                         "batch_size": args.batch_size if efficient and args.command != "short" else args.full_batch_size,
                          "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000},
             "bench": {"enabled": False},
             "output": str(WORK / key),
@@ -391,7 +393,7 @@ def main(argv=None) -> int:
         p.add_argument("--teacher-lr", type=float, default=1e-4)
         p.add_argument("--teacher-batch-size", type=int, default=8, help="512-token windows")
         p.add_argument("--lr", type=float, default=1e-4)
-        p.add_argument("--batch-size", type=int, default=2, help="efficient students (whole documents)")
+        p.add_argument("--batch-size", type=int, default=2, help="efficient students on whole documents (ner, qa; short tasks use --full-batch-size)")
         p.add_argument("--full-batch-size", type=int, default=8, help="the full-attention student (512-token windows)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--tag", default="")
