@@ -345,7 +345,7 @@ def table(args) -> None:
         metric = first["report"]["teacher"]["metric"]
         lines += [f"**{task}** ({first['config']['task']['kind']}; {metric}; per-document figures on the "
                   f"{first['cost']['teacher']['docs']} evaluation documents)", "",
-                  f"| model | attention | {metric} (x100) | retention (%) | windows / doc | latency / doc (ms) | "
+                  f"| model | attention | {metric} (%) | retention (%) | windows / doc | latency / doc (ms) | "
                   "faster than the teacher (same run) |", "|---|---|---|---|---|---|---|"]
         scale = 1 if first["config"]["task"]["kind"] == "question-answering" else 100
         teacher = first["report"]["teacher"]
