@@ -226,13 +226,10 @@ def student_settings(name: str, task_kind: str, max_length: int) -> dict:
 
 
 def per_document_cost(task, model, tokenizer) -> dict:
-    """Latency per evaluation document (all its windows in one batch, median over documents) and the peak
-    memory of the forward pass on the longest document (above the memory held before it, in MB; read in
-    the training process, where the allocator reuses pages it holds, so it is not reported: memory
-    comes from the `cost` subcommand's fresh processes)."""
+    """Latency per evaluation document (all its windows in one batch, median over documents). Memory is
+    not measured here: in the training process the allocator reuses pages it already holds, so a peak
+    read there says nothing; the `cost` subcommand measures it in fresh processes."""
     import statistics
-
-    from lmdistill.bench import status_mb
 
     dataset = task.eval_dataset(tokenizer, model.config)
     doc_column = "_doc" if "_doc" in dataset.column_names else "_example_id"
@@ -242,22 +239,16 @@ def per_document_cost(task, model, tokenizer) -> dict:
     for row, doc in enumerate(dataset[doc_column]):
         groups.setdefault(doc, []).append(row)
     model.eval()
-    times, longest = [], max(groups.values(), key=lambda rows: sum(len(dataset[r]["input_ids"]) for r in rows))
     batches = {doc: collate([{k: dataset[r][k] for k in keep} for r in rows]) for doc, rows in groups.items()}
     model(**batches[next(iter(batches))])  # warm-up
-    for doc, batch in batches.items():
+    times = []
+    for batch in batches.values():
         start = time.perf_counter()
         model(**batch)
         times.append((time.perf_counter() - start) * 1000)
-    batch = collate([{k: dataset[r][k] for k in keep} for r in longest])
-    before = status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    model(**batch)
-    peak = max(status_mb("VmHWM") - before, 0.0)
     return {"latency_ms_per_doc": round(statistics.median(times), 1), "docs": len(times),
-            "windows_per_doc": round(len(dataset) / len(groups), 2), "peak_mem_mb_longest_doc": round(peak, 1),
-            "tokens_longest_doc": int(batch["attention_mask"].sum())}
+            "windows_per_doc": round(len(dataset) / len(groups), 2),
+            "tokens_longest_doc": max(int(b["attention_mask"].sum()) for b in batches.values())}
 
 
 def run_task(args) -> None:
@@ -335,9 +326,8 @@ def table(args) -> None:
     from lmdistill import cost as cost_lib
 
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if not p.name.startswith("cost")]
-    # The per-task JSON also holds `peak_mem_mb_longest_doc`, read in the training process after
-    # clear_refs; the allocator reuses pages it already holds there, so it reads ~0 and is not shown.
-    # Memory is measured in fresh processes by the `cost` subcommand.
+    # Stored runs made before per_document_cost stopped reading memory also hold
+    # `peak_mem_mb_longest_doc` (~0, see there): not shown.
     lines = []
     for task in dict.fromkeys(r["key"].split("-")[0] for r in records):
         mine = [r for r in records if r["key"].startswith(task + "-")]

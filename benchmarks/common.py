@@ -327,13 +327,14 @@ def _signature(config: dict) -> str:
     config.pop("output", None)
     for field in ("train", "eval"):
         path = Path(config["task"][field])
-        text = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-        # A run made in another checkout (a snapshot copy of the repo) read its data under its own root:
-        # compared from the repo's top-level folder on, it is the same file.
-        for top in ("/runs/", "/data/", "/benchmarks/"):
-            if top in text and not Path(text).is_relative_to(REPO):
-                text = text[text.index(top) + 1:]
-                break
+        if path.is_relative_to(REPO):
+            text = str(path.relative_to(REPO))
+        else:
+            # A run made in another checkout (a snapshot copy of the repo) read its data under its own
+            # root: compared from the first top-level folder on, it is the same file.
+            text = str(path)
+            cuts = [text.index(top) + 1 for top in ("/runs/", "/data/", "/benchmarks/") if top in text]
+            text = text[min(cuts):] if cuts else text
         config["task"][field] = text
     return json.dumps(config, sort_keys=True)
 
