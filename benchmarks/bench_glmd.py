@@ -37,6 +37,7 @@ gathering (a dropped token gets its substitute's logit), as the official code's 
   teacher   SmolLM2 fine-tuned on the prompt task (1 epoch, lr 5e-5, batch 16; cached, seed 42)
   finetune  the cut student fine-tuned on the gold labels (CE over the verbalizer scores)
   kd        0.5 * CE(labels) + 0.5 * T^2 KL of the class scores, T 4
+  kd-2ep    kd for 2 epochs: the compute-matched control (glmd's backbone trains 2 epochs, see below)
   glmd      stages 2-3, no labels: word-prediction KL (T 15) on the prompts, then soft-label KL (T 1)
   glmd-vc0.5  the same with vocab_keep 0.5
 Students start from the teacher layers above of the *fine-tuned* teacher; each recipe stage runs 1 epoch
@@ -84,6 +85,7 @@ LM_RECIPES = {
 TASK_RECIPES = {
     "finetune": {"name": "finetune"},
     "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
+    "kd-2ep": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
     "glmd": {"name": "glmd", "stages": [2, 3], "temperature": 15.0, "soft_temperature": 1.0},
     "glmd-vc0.5": {"name": "glmd", "stages": [2, 3], "temperature": 15.0, "soft_temperature": 1.0, "vocab_keep": 0.5},
 }
@@ -96,6 +98,8 @@ PROMPT_TASKS = {
              "verbalizers": {"ABBR": " abbreviation", "DESC": " description", "ENTY": " entity", "HUM": " person",
                              "LOC": " location", "NUM": " number"}, "max_length": 48},
 }
+# Epochs per stage, as a multiple of --epochs: kd-2ep gives kd the two backbone epochs that glmd's two stages get.
+TASK_EPOCH_FACTOR = {"kd-2ep": 2}
 TASK_TEACHER = {"path": "smollm2", "epochs": 1, "learning_rate": 5e-5, "batch_size": 16}
 
 
@@ -373,7 +377,7 @@ def task_config(task: str, recipe: str, seed: int, args, key: str) -> dict:
         "student": {"layers": STUDENT_LAYERS},
         "task": task_cfg,
         "recipe": dict(TASK_RECIPES[recipe]),
-        "training": {"epochs": args.epochs, "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-4,
+        "training": {"epochs": args.epochs * TASK_EPOCH_FACTOR.get(recipe, 1), "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-4,
                      "seed": seed, "logging_steps": 20, "save_steps": 200, "save_total_limit": 1},
         "bench": {"repeats": 5, "warmup": 1, "rounds": 2, "batch_sizes": [1, 16], "memory": False},
         "output": str(common.WORK / key),
@@ -409,7 +413,8 @@ def task_table(runs: list[common.Run], args) -> str:
     lines += ["", (
         f"Teacher: SmolLM2-135M fine-tuned on the prompt task ({TASK_TEACHER['epochs']} epoch, lr 5e-5, batch 16). "
         f"Students: teacher layers 0-5 and 21-29 of the fine-tuned teacher; {args.epochs:g} epoch per stage at lr "
-        f"1e-4, batch 16, the first {args.max_train_samples} training examples. Patterns: SST-2 \"{{text}} Sentiment:\" "
+        f"1e-4, batch 16, the first {args.max_train_samples} training examples (kd-2ep: kd for twice as many epochs, "
+        f"matching glmd's two stages). Patterns: SST-2 \"{{text}} Sentiment:\" "
         f"-> negative / positive; TREC \"{{text}} Answer type:\" -> abbreviation / description / entity / person / "
         f"location / number. glmd: stages 2-3 (word-prediction KL at T 15 on the prompts, then soft-label KL at T 1), "
         f"no labels. Mean ± std over the stored seeds.")]
