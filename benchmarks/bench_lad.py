@@ -155,7 +155,8 @@ def table(args) -> str:
                   f"GFLOPs @{LONG} | b32 ms @{LONG} | b32 speed-up / FLOP ratio @{LONG} | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for model in args.models:
-            reports = [r["report"] for s in args.seeds if (r := stored(run_key(task, model, s, args)))]
+            seeds = [s for s in args.seeds if stored(run_key(task, model, s, args))]
+            reports = [stored(run_key(task, model, s, args))["report"] for s in seeds]
             if not reports:
                 lines.append(f"| {model} | (not run) | | | | | | | | | |")
                 continue
@@ -166,9 +167,11 @@ def table(args) -> str:
                 entries = [dict(configurations(r))[label] for r in reports]
                 lines.append(_row(model, label, entries, [base[i] for i in range(len(reports))], len(reports)))
             for i, report in enumerate(reports):
+                if args.search_seeds is not None and seeds[i] not in args.search_seeds:
+                    continue
                 for label, entry in configurations(report):
                     if label.startswith("search"):
-                        lines.append(_row(model, f"{label} (seed {args.seeds[i]})", [entry], [base[i]], 1))
+                        lines.append(_row(model, f"{label} (seed {seeds[i]})", [entry], [base[i]], 1))
         lines.append("")
     return "\n".join(lines)
 
@@ -190,13 +193,19 @@ def _ratio(entries, bases, at=None) -> str:
     return f"{speed:.2f} / {ideal:.2f} ({speed / ideal:.2f})"
 
 
+def _flops(values) -> str:
+    """FLOPs follow from the configuration and the input lengths alone: the same in every seed, so no ± 0."""
+    values = {round(v, 4) for v in values if v is not None}
+    return f"{values.pop():.4f}" if len(values) == 1 else _mean_std(values, 1, 4)
+
+
 def _row(model, label, entries, bases, seeds) -> str:
     at = str(LONG)
     return (f"| {model} | {label} | {_mean_std([e['score'] for e in entries], 100)} | "
-            f"{_mean_std([e['gflops_batch1'] for e in entries], 1, 4)} | "
+            f"{_flops([e['gflops_batch1'] for e in entries])} | "
             f"{_mean_std([e['latency_ms']['batch1'] for e in entries], 1, 1)} | "
             f"{_mean_std([e['latency_ms']['batch32'] for e in entries], 1, 1)} | {_ratio(entries, bases)} | "
-            f"{_mean_std([e.get('gflops_batch1_at', {}).get(at) for e in entries], 1, 4)} | "
+            f"{_flops([e.get('gflops_batch1_at', {}).get(at) for e in entries])} | "
             f"{_mean_std([e.get('latency_ms_at', {}).get(at, {}).get('batch32') for e in entries], 1, 1)} | "
             f"{_ratio(entries, bases, at)} | {seeds} |")
 
@@ -304,6 +313,8 @@ def main(argv=None) -> int:
                    "2-core machine, 2 threads run up to 8x slower)")
     p.add_argument("--max-train-samples", type=int, default=None, help="tiny check runs (key tag -n<N>)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="key tag -v<N>")
+    p.add_argument("--search-seeds", nargs="+", type=int, default=None,
+                   help="table: the seeds whose searched configurations get rows (default: every seed)")
     p.add_argument("--plot", action="store_true", help="write benchmarks/results/lad-curve.png")
     p.add_argument("--speed", action="store_true", help="only the pruned forward's speed (no training), see speed()")
     p.add_argument("--speed-lengths", nargs="+", type=int, default=[25, 128])
