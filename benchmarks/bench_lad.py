@@ -24,7 +24,7 @@ Results: benchmarks/results/lad/<key>.json = {"key", "wall_s", "config", "report
 
     .venv/bin/python benchmarks/bench_lad.py --dry-run
     .venv/bin/python benchmarks/bench_lad.py --tasks sst2 trec --seeds 1           # run what is missing
-    .venv/bin/python benchmarks/bench_lad.py --table-only --markdown benchmarks/results/lad.md --plot
+    .venv/bin/python benchmarks/bench_lad.py --seeds 0 1 2 --search-seeds 0 --table-only --markdown benchmarks/results/lad.md --plot
 """
 
 from __future__ import annotations
