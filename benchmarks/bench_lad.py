@@ -114,8 +114,11 @@ def run(key: str, config: dict, keep_folder: bool = False) -> dict:
     result = distill(config, overwrite=True)
     record = {"key": key, "wall_s": round(time.time() - start, 1), "config": config, "report": result.report}
     RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=1)
+    for pattern in config["recipe"].get("corpus", []):  # the books folder lies outside the repo: name it portably
+        text = text.replace(str(Path(pattern).parent), "$LMDISTILL_BOOKS")
     tmp = RESULTS / f".tmp-{key}.json"
-    tmp.write_text(json.dumps(record, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, RESULTS / f"{key}.json")
     if not keep_folder:
         shutil.rmtree(config["output"], ignore_errors=True)
