@@ -82,10 +82,11 @@ LM_RECIPES = {
     "glmd-vc0.25": {"name": "glmd", "temperature": 15.0, "vocab_keep": 0.25},
     "glmd-vc0.25-split": {"name": "glmd", "temperature": 15.0, "vocab_keep": 0.25, "dropped_tokens": "split"},
 }
+TASK_KD = {"name": "kd", "temperature": 4.0, "alpha": 0.5}
 TASK_RECIPES = {
     "finetune": {"name": "finetune"},
-    "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
-    "kd-2ep": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
+    "kd": TASK_KD,
+    "kd-2ep": TASK_KD,  # the same recipe, for twice the epochs (TASK_EPOCH_FACTOR)
     "glmd": {"name": "glmd", "stages": [2, 3], "temperature": 15.0, "soft_temperature": 1.0},
     "glmd-vc0.5": {"name": "glmd", "stages": [2, 3], "temperature": 15.0, "soft_temperature": 1.0, "vocab_keep": 0.5},
 }
@@ -377,8 +378,8 @@ def task_config(task: str, recipe: str, seed: int, args, key: str) -> dict:
         "student": {"layers": STUDENT_LAYERS},
         "task": task_cfg,
         "recipe": dict(TASK_RECIPES[recipe]),
-        "training": {"epochs": args.epochs * TASK_EPOCH_FACTOR.get(recipe, 1), "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-4,
-                     "seed": seed, "logging_steps": 20, "save_steps": 200, "save_total_limit": 1},
+        "training": {"epochs": args.epochs * TASK_EPOCH_FACTOR.get(recipe, 1), "batch_size": 16,
+                     "eval_batch_size": 32, "learning_rate": 1e-4, "seed": seed, "logging_steps": 20, "save_steps": 200, "save_total_limit": 1},
         "bench": {"repeats": 5, "warmup": 1, "rounds": 2, "batch_sizes": [1, 16], "memory": False},
         "output": str(common.WORK / key),
     }

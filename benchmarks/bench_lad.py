@@ -158,8 +158,8 @@ def table(args) -> str:
                   f"GFLOPs @{LONG} | b32 ms @{LONG} | b32 speed-up / FLOP ratio @{LONG} | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for model in args.models:
-            seeds = [s for s in args.seeds if stored(run_key(task, model, s, args))]
-            reports = [stored(run_key(task, model, s, args))["report"] for s in seeds]
+            found = [(s, r["report"]) for s in args.seeds if (r := stored(run_key(task, model, s, args)))]
+            seeds, reports = [s for s, _ in found], [r for _, r in found]
             if not reports:
                 lines.append(f"| {model} | (not run) | | | | | | | | | |")
                 continue
