@@ -380,10 +380,11 @@ def table(args) -> None:
         metric = first["report"]["teacher"]["metric"]
         scale = 1 if qa else 100
         extra = "exact match (%) | " if qa else ""
-        lines += [f"**{task}** ({first['config']['task']['kind']}; {metric}; per-document figures on the "
-                  f"{first['cost']['teacher']['docs']} evaluation documents)", "",
-                  f"| model | attention | seeds | {metric} (%) | {extra}retention (%) | windows / doc | "
-                  "latency / doc (ms) | faster than the teacher (same run) |", "|---|---|---|---|---|---|---|---|" +
+        unit = "question" if qa else "document"  # QA: a context read with its question
+        lines += [f"**{task}** ({first['config']['task']['kind']}; {metric}; per-{unit} figures on the "
+                  f"{first['cost']['teacher']['docs']} evaluation {unit}s)", "",
+                  f"| model | attention | seeds | {metric} (%) | {extra}retention (%) | windows / {unit} | "
+                  f"latency / {unit} (ms) | faster than the teacher (same run) |", "|---|---|---|---|---|---|---|---|" +
                   ("---|" if qa else "")]
         # one row per student: the same key but for its seed (`-s<N>-`)
         rows: dict = {}
