@@ -354,18 +354,12 @@ def describe_student(config: dict) -> str:
     return f"{attention['type']} ({settings}), {attention['max_length']} positions"
 
 
-def _spread(values: list[float]) -> str:
-    """Mean, with ± the sample standard deviation when there are several seeds."""
-    import statistics
-
-    mean = statistics.mean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
-
-
 def table(args) -> None:
     """Markdown tables from the stored JSON: one per task (a row per student, mean ± std over the seeds
     stored for it), then the cost curve."""
     import statistics
+
+    import common
 
     from lmdistill import cost as cost_lib
 
@@ -400,12 +394,12 @@ def table(args) -> None:
                      f"{tc['windows_per_doc']} | {tc['latency_ms_per_doc']} | 1.00x |")
         for name, runs in rows.items():
             c = runs[0]["cost"]["student"]
-            em = _spread([r["report"]["student"]["metrics"]["exact_match"] for r in runs]) + " | " if qa else ""
+            em = common.mean_std([r["report"]["student"]["metrics"]["exact_match"] for r in runs]) + " | " if qa else ""
             speed = statistics.median(r["cost"]["teacher"]["latency_ms_per_doc"] / r["cost"]["student"]["latency_ms_per_doc"]
                                       for r in runs)
             lines.append(f"| {name} | {describe_student(runs[0]['config'])} | {len(runs)} | "
-                         f"{_spread([r['report']['student']['score'] * scale for r in runs])} | {em}"
-                         f"{_spread([100 * r['report']['retention'] for r in runs])} | {c['windows_per_doc']} | "
+                         f"{common.mean_std([r['report']['student']['score'] * scale for r in runs])} | {em}"
+                         f"{common.mean_std([100 * r['report']['retention'] for r in runs])} | {c['windows_per_doc']} | "
                          f"{statistics.median(r['cost']['student']['latency_ms_per_doc'] for r in runs)} | {speed:.2f}x |")
         lines.append("")
     for path in sorted(RESULTS.glob("cost*.json")):
