@@ -244,7 +244,7 @@ def student_settings(name: str, task_kind: str, max_length: int) -> dict:
     if name != "full":
         presets = SHORT_ATTENTION if max_length <= 512 else ATTENTION
         attention = dict(presets[name], max_length=max_length)
-        if name == "longformer" and task_kind == "question-answering":
+        if name in ("longformer", "lsg") and task_kind == "question-answering":
             attention["global"] = ["question"]
         student["attention"] = attention
     return student

@@ -149,6 +149,50 @@ def test_longformer_global_projections_start_as_copies(tokenizer):
         torch.testing.assert_close(getattr(attention, f"{name}_global").weight, getattr(attention, name).weight)
 
 
+def test_lsg_question_tokens_are_global_per_row():
+    """lsg_attention with mask 2 on each row's question (a different length per row) equals dense attention
+    under the LSG rule written out here: key j is seen by query i when j is real and i or j is global or
+    their blocks are neighbours (sparse part off)."""
+    torch.manual_seed(0)
+    B, H, L, d, b = 2, 2, 200, 8, 16
+    q, k, v = (torch.randn(B, H, L, d) for _ in range(3))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 170:] = 0
+    mask[0, :23] = 2   # [CLS] + question of row 0: 23 tokens
+    mask[1, :9] = 2    # row 1: 9 tokens
+    got = lsg_attention(q, k, v, mask, block_size=b, sparse_factor=0, sparse_blocks=0, num_global=1)
+    real, glob = mask > 0, (mask > 1)
+    block = torch.arange(L) // b
+    near = (block[:, None] - block[None, :]).abs() <= 1
+    allowed = real[:, None, :] & (near[None] | glob[:, :, None] | glob[:, None, :])  # [B, Lq, Lk]
+    scores = (q @ k.transpose(-1, -2)) * d ** -0.5
+    expected = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
+    torch.testing.assert_close(got.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5, rtol=1e-5)
+
+
+def test_lsg_qa_student_reads_the_question_far_away(tokenizer):
+    """In a one-layer QA model with blocks of 32, a context token at 400 sees a question token (position 5)
+    when the question is global (the QA default) and does not with `global: [cls]`."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    bert = BertForQuestionAnswering(config).eval()
+    ids = torch.randint(1000, 5000, (1, 512))
+    ids[0, 0], ids[0, 10], ids[0, -1] = 101, 102, 102
+    types = torch.zeros_like(ids)
+    types[0, 11:] = 1
+    changed = ids.clone()
+    changed[0, 5] = 7000
+    for tokens, sees in ((None, True), (["cls"], False)):
+        settings = {"block_size": 32, "max_length": 512, **({"global": tokens} if tokens else {})}
+        model = convert(bert, "lsg", tokenizer, **settings)
+        assert model.config.lsg_global_question is sees
+        with torch.no_grad():
+            delta = (model(input_ids=ids, token_type_ids=types).start_logits[0, 400]
+                     - model(input_ids=changed, token_type_ids=types).start_logits[0, 400]).abs()
+        assert (delta > 1e-7) if sees else (delta < 1e-9), (tokens, float(delta))
+
+
 def test_lsg_attention_memory_grows_linearly():
     """Bytes allocated inside the attention: doubling L doubles LSG's peak, but quadruples full attention's."""
     def peak_bytes(fn, length):

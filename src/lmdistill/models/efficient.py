@@ -70,7 +70,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "longformer": {"window": 256},
     "bigbird": {"block_size": 64, "num_random_blocks": 3},
     "nystromformer": {"num_landmarks": 64},
-    "lsg": {"block_size": 128, "sparse_factor": 4, "sparse_blocks": 1, "global_tokens": ["cls"]},
+    "lsg": {"block_size": 128, "sparse_factor": 4, "sparse_blocks": 1},
 }
 HEADS = {
     BertForSequenceClassification: "sequence",
@@ -148,8 +148,6 @@ def check_block_rules(attention, max_length: int | None = None) -> None:
         if factor and block % factor:
             raise ValueError(f"block_size {block} is not a multiple of sparse_factor {factor}; LSG averages "
                              "sparse_factor tokens inside each block")
-        if any(t != "cls" for t in s["global_tokens"]):
-            raise ValueError("global: LSG's global tokens are the first tokens of the input; only [cls] is supported")
 
 
 def positions(config) -> int | None:
@@ -205,7 +203,7 @@ def check_conversion(attention, model: nn.Module) -> dict[str, Any]:
         raise ConfigError(f"student.attention: {err}") from None
     if "question" in s.get("global_tokens", []) and head != "qa":
         raise ConfigError("student.attention.global: 'question' is for question answering only")
-    if attention.type == "longformer" and "global_tokens" not in s:
+    if attention.type in ("longformer", "lsg") and "global_tokens" not in s:
         s["global_tokens"] = ["question"] if head == "qa" else ["cls"]
     return s
 
@@ -223,7 +221,8 @@ def _target_config(kind: str, source, s: dict, tokenizer) -> Any:
     if kind == "lsg":
         return lsg.LSGBertConfig(**{**source.to_dict(), "max_position_embeddings": length},
                                  lsg_block_size=s["block_size"], lsg_sparse_factor=s["sparse_factor"],
-                                 lsg_sparse_blocks=s["sparse_blocks"], lsg_num_global_tokens=len(s["global_tokens"]))
+                                 lsg_sparse_blocks=s["sparse_blocks"], lsg_num_global_tokens=1,
+                                 lsg_global_question="question" in s["global_tokens"])
     if kind == "longformer":
         config = LongformerConfig(**shared, **special, attention_window=s["window"],
                                   max_position_embeddings=length + int(shared.get("pad_token_id") or 0) + 1)

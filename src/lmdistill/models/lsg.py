@@ -6,8 +6,11 @@ sequences", simplified. The sequence is cut into blocks of `lsg_block_size` toke
 - local:  every token of its own block and of the two neighbouring blocks (up to 3 blocks);
 - sparse: `lsg_sparse_blocks` further blocks on each side, compressed by averaging the keys and values
           of every `lsg_sparse_factor` consecutive tokens (masked average; 0 turns sparse off);
-- global: the first `lsg_num_global_tokens` tokens of the sequence ([CLS]); these tokens also attend
-          to every token.
+- global: the first `lsg_num_global_tokens` tokens of the sequence ([CLS]) and, with
+          `lsg_global_question` (question answering), the whole first segment of each row
+          ([CLS] question [SEP]: the real tokens of token type 0, so the count differs per row);
+          these tokens also attend to every token. Without it, a context token far from the start
+          learns about the question only through [CLS]'s single vector.
 
 A global token is removed from the local keys, so no key is counted twice. When one block covers
 the whole input this is exactly full attention (tested). Each block's queries meet its gathered keys in
@@ -50,8 +53,9 @@ class LSGBertConfig(BertConfig):
     model_type = "lsg_bert"
 
     def __init__(self, lsg_block_size: int = 128, lsg_sparse_factor: int = 4, lsg_sparse_blocks: int = 1,
-                 lsg_num_global_tokens: int = 1, **kwargs):
+                 lsg_num_global_tokens: int = 1, lsg_global_question: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.lsg_global_question = lsg_global_question
         self.lsg_block_size = lsg_block_size
         self.lsg_sparse_factor = lsg_sparse_factor
         self.lsg_sparse_blocks = lsg_sparse_blocks
@@ -73,27 +77,33 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
                   num_global: int, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
     """Local + sparse + global attention.
 
-    query, key, value: [B, H, L, d]; mask: [B, L] bool (True = real token) or None.
-    Returns [B, H, L, d]. Memory is linear in L (see the module docstring).
+    query, key, value: [B, H, L, d]; mask: [B, L] (0 = padding, 1 = real token, 2 = a real token that is
+    global besides the first `num_global`) or None. Returns [B, H, L, d]. Memory is linear in L (see the
+    module docstring).
     """
     B, H, L, d = query.shape
     if mask is None:
-        mask = torch.ones(B, L, dtype=torch.bool, device=query.device)
-    mask = mask.bool()
+        mask = torch.ones(B, L, dtype=torch.long, device=query.device)
+    is_global = mask > 1
+    is_global[:, :num_global] = True
+    mask = mask > 0
+    is_global &= mask
+    # Global positions form a prefix of every row ([CLS], or [CLS] question [SEP]); rows with a shorter one
+    # take their non-global positions in [0, g) from the local part below.
+    g = int(is_global.any(0).nonzero().max()) + 1 if bool(is_global.any()) else 0
     b = block_size
     nb = math.ceil(L / b)
     pad = nb * b - L
     if pad:
         query, key, value = (F.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
         mask = F.pad(mask, (0, pad), value=False)
-    g = min(num_global, L)
+        is_global = F.pad(is_global, (0, pad), value=False)
     scale = d ** -0.5
     neg = torch.finfo(query.dtype).min
 
     q_blocks = (query * scale).view(B, H, nb, b, d)
     k_blocks, v_blocks = key.view(B, H, nb, b, d), value.view(B, H, nb, b, d)
-    local_ok = mask.clone()
-    local_ok[:, :g] = False  # global keys are attended through the global part only
+    local_ok = mask & ~is_global  # global keys are attended through the global part only
     local_ok = local_ok.view(B, nb, b)
 
     keys = [_neighbour_blocks(k_blocks, [-1, 0, 1], 2)]  # [B, H, nb, 3b, d]
@@ -116,7 +126,7 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
         global_k, global_v = key[:, :, :g], value[:, :, :g]  # [B, H, g, d]
         keys.insert(0, global_k[:, :, None].expand(B, H, nb, g, d))
         values.insert(0, global_v[:, :, None].expand(B, H, nb, g, d))
-        oks.insert(0, mask[:, None, :g].expand(B, nb, g))
+        oks.insert(0, is_global[:, None, :g].expand(B, nb, g))
 
     all_k, all_v, all_ok = torch.cat(keys, dim=3), torch.cat(values, dim=3), torch.cat(oks, dim=2)
     # Each (batch, head, block) is one small attention problem: its b queries against its K gathered keys.
@@ -135,7 +145,8 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
         scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, :g] * scale, key)
         scores.masked_fill_(~mask[:, None, None, :], neg)
         probs = F.dropout(scores.softmax(-1), p=dropout, training=training)
-        out = torch.cat([torch.einsum("bhqk,bhkd->bhqd", probs, value), out[:, :, g:]], dim=2)
+        seen_all = torch.einsum("bhqk,bhkd->bhqd", probs, value)
+        out = torch.cat([torch.where(is_global[:, None, :g, None], seen_all, out[:, :, :g]), out[:, :, g:]], dim=2)
     return out[:, :, :L]
 
 
@@ -163,6 +174,16 @@ class LSGBertModel(BertModel):
             new = LSGSelfAttention(config, layer_idx=index)
             new.load_state_dict(old.state_dict())
             layer.attention.self = new
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *args, **kwargs):
+        if self.config.lsg_global_question and token_type_ids is not None:
+            # The mask carries the question to the attention layers: 2 on the first segment's real tokens.
+            if attention_mask is None:
+                reference = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
+                attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+            real = attention_mask.long().clamp(max=1)
+            attention_mask = real + (real * (token_type_ids == 0).long())
+        return super().forward(input_ids, attention_mask, token_type_ids, *args, **kwargs)
 
     def _create_attention_masks(self, attention_mask, encoder_attention_mask, *args, **kwargs):
         # LSG reads the plain [B, L] mask: no L x L mask is ever built. The other arguments (embeddings,

@@ -10,7 +10,12 @@ predictions). So a distillation loss compares student and teacher token by token
 A row is [prefix] body [suffix]: the prefix is repeated in every window (single sequences: [CLS];
 question answering: [CLS] question [SEP], the real tokens of type 0), the suffix is the last real
 token ([SEP]), and the body is cut into windows overlapping by `overlap` tokens. Prefix outputs
-come from the row's first window, the suffix's from its last. Batches that fit are run as they are.
+come from the row's first window, the suffix's from its last, with one exception for question
+answering: the [CLS] start/end logits, which score "no answer in this window", come from the window
+with the lowest [CLS] score (start + end), the null score of the SQuAD v2 post-processing. Taken from
+the first window, they would say "no answer" for every row whose answer lies further on, and a
+distilled student would learn to point at [CLS] (on COVID-QA rows of 4,096 tokens the first window's
+[CLS] was the merged argmax of every row checked). Batches that fit are run as they are.
 Attentions cannot be merged (a window sees only part of the row): asking for them is an error.
 """
 
@@ -41,7 +46,7 @@ class WindowedTeacher(nn.Module):
     @property
     def cache_id(self) -> str:
         """What makes its outputs differ from the plain teacher's (for a teacher-output cache key)."""
-        return f"windowed:{self.window}:{self.overlap}:{'pair' if self.pair else 'single'}"
+        return f"windowed:{self.window}:{self.overlap}:{'pair:null-min' if self.pair else 'single'}"
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
                 output_attentions=False, labels=None, start_positions=None, end_positions=None, **kwargs):
@@ -66,6 +71,8 @@ class WindowedTeacher(nn.Module):
         outputs, output_class = self._run(jobs, input_ids, token_type_ids, output_hidden_states)
         merged = {name: self._merge(value, plans, input_ids.shape[1], layered=name == "hidden_states")
                   for name, value in outputs.items()}
+        if self.pair and "start_logits" in outputs and "end_logits" in outputs:
+            self._null_from_lowest(merged, outputs, plans)
         if "hidden_states" in merged:
             merged["hidden_states"] = tuple(merged["hidden_states"].unbind(1))
         loss = _task_loss(merged, targets)
@@ -124,6 +131,20 @@ class WindowedTeacher(nn.Module):
                 stacked = torch.stack(output.hidden_states, dim=1)  # [n, layers + 1, W, H]
                 collected.setdefault("hidden_states", []).append(_pad_to(stacked, self.window, dim=2))
         return {name: torch.cat(parts) for name, parts in collected.items()}, output_class
+
+    @staticmethod
+    def _null_from_lowest(merged: dict, outputs: dict, plans) -> None:
+        """[CLS] (each row's first prefix position) takes its start/end logits from the row's window
+        with the lowest [CLS] start + end score."""
+        base = 0
+        for b, plan in enumerate(plans):
+            n = len(plan["windows"])
+            null = outputs["start_logits"][base:base + n, 0] + outputs["end_logits"][base:base + n, 0]
+            lowest = base + int(null.argmin())
+            position = min(plan["owner"])  # [CLS]: the first real position, in the prefix
+            for name in ("start_logits", "end_logits"):
+                merged[name][b, position] = outputs[name][lowest, 0]
+            base += n
 
     def _merge(self, value: torch.Tensor, plans, length: int, layered: bool = False) -> torch.Tensor:
         """[N windows, W, ...] -> [B, length, ...] by the owners; layered (hidden states):
