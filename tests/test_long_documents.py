@@ -4,7 +4,13 @@ bad input for efficient students, and an end-to-end run on a real LitBank docume
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForTokenClassification, BertConfig, BertForTokenClassification, BertTokenizer
+from transformers import (
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForTokenClassification,
+    BertTokenizer,
+)
 
 from conftest import DATA, sst2_config
 from lmdistill.api import distill
@@ -115,6 +121,47 @@ def test_windowed_teacher_merges_by_window_centre():
             torch.testing.assert_close(merged.hidden_states[2][row, position], alone.hidden_states[2][0, offset],
                                        atol=1e-4, rtol=1e-4)
         assert merged.logits[1, 150:].abs().max() == 0  # padding stays zero
+
+
+def test_windowed_qa_teacher_takes_cls_from_the_lowest_null_score():
+    """Question answering: the merged [CLS] start/end logits are those of the window whose [CLS] start + end
+    is lowest (SQuAD v2's null score), not the first window's; every other position keeps its owner's."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    teacher = BertForQuestionAnswering(config).eval()
+    ids = torch.randint(5, 300, (2, 240))
+    ids[:, 0], ids[:, 6], ids[:, -1] = 1, 2, 2
+    types = torch.zeros_like(ids)
+    types[:, 7:] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 180:], ids[1, 180:], types[1, 180:] = 0, 0, 0
+    ids[1, 179] = 2
+    windowed = WindowedTeacher(teacher, 64, 16, pair=True)
+    with torch.no_grad():
+        merged = windowed(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    picks = []
+    for row, length in ((0, 240), (1, 180)):
+        question, body = list(range(7)), list(range(7, length - 1))
+        size, step, nulls, windows, start = 64 - 8, 64 - 8 - 16, [], [], 0
+        while True:  # the window formula: question + body[start:start + size] + final [SEP]
+            windows.append(question + body[start:start + size] + [length - 1])
+            if start + size >= len(body):
+                break
+            start += step
+        assert len(windows) >= 3
+        with torch.no_grad():
+            outs = [teacher(input_ids=ids[row, w][None], token_type_ids=types[row, w][None]) for w in windows]
+        nulls = [float(o.start_logits[0, 0] + o.end_logits[0, 0]) for o in outs]
+        lowest = outs[nulls.index(min(nulls))]
+        picks.append(nulls.index(min(nulls)))
+        torch.testing.assert_close(merged.start_logits[row, 0], lowest.start_logits[0, 0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged.end_logits[row, 0], lowest.end_logits[0, 0], atol=1e-4, rtol=1e-4)
+        # a question token still comes from the first window, the final [SEP] from the last
+        torch.testing.assert_close(merged.start_logits[row, 3], outs[0].start_logits[0, 3], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged.end_logits[row, length - 1], outs[-1].end_logits[0, -1], atol=1e-4,
+                                   rtol=1e-4)
+    assert any(picks), picks  # the rule matters here: some row's lowest null is not in its first window
 
 
 def test_windowed_teacher_outputs_are_cached_per_row(tmp_path):
