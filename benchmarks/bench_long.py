@@ -7,6 +7,7 @@ Subcommands (results: benchmarks/results/long/<key>.json; tables from those file
     python benchmarks/bench_long.py ner                  # LitBank whole-document NER (fold 0; --litbank DIR or $LMDISTILL_LITBANK)
     python benchmarks/bench_long.py qa                   # COVID-QA (split by document; --covid-qa FILE or $LMDISTILL_COVID_QA)
     python benchmarks/bench_long.py qa --squad-init FILE # ... with a teacher fine-tuned on SQuAD v1.1 first
+    python benchmarks/bench_long.py qa-target ...        # the windowed teacher's span targets on 4,096-token rows
     python benchmarks/bench_long.py short --task wikiann # WikiANN (5k train sentences), students with 512 positions
     python benchmarks/bench_long.py short --task squad   # the SQuAD v1.1 slice (269 train / 300 dev questions)
     python benchmarks/bench_long.py table --markdown benchmarks/results/long.md
@@ -20,6 +21,7 @@ Models (all from the packaged MiniLM-L6 teacher, 6 layers, 384 wide, 512 positio
   bigbird            3 layers, BigBird block-sparse, block 64, 3 random blocks, 4,096 positions
   nystromformer      3 layers, Nystromformer, 64 landmarks, inputs padded to 4,096
   lsg                3 layers, LSG (ours), blocks of 128, sparse factor 4, 1 sparse block each side, global [CLS]
+                     (QA: the question)
 Efficient students read a whole document (up to 4,096 tokens) in one pass.
 """
 
@@ -276,6 +278,92 @@ def per_document_cost(task, model, tokenizer) -> dict:
             "tokens_longest_doc": max(int(b["attention_mask"].sum()) for b in batches.values())}
 
 
+def run_config(args, name: str, task_cfg: dict, teacher_init: dict, key: str) -> dict:
+    """The lmdistill config of one student's run."""
+    efficient = name != "full"
+    return {
+        "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
+                    "batch_size": args.teacher_batch_size, **teacher_init},
+        "student": student_settings(name, task_cfg["kind"], {"ner": MAX_LENGTH, "qa": args.qa_length}.get(
+            args.command, 512)),
+        "task": task_cfg,
+        "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
+        "training": {"epochs": args.epochs,
+                     # whole documents (ner, qa) in small batches; short texts in the same batches for all
+                     "batch_size": args.batch_size if efficient and args.command != "short" else args.full_batch_size,
+                     "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000},
+        "bench": {"enabled": False},
+        "output": str(WORK / key),
+    }
+
+
+def squad_init(args) -> dict:
+    """teacher settings of `--squad-init` (and the result-name tag), or {}."""
+    if not args.squad_init:
+        return {}
+    import common
+
+    squad = common.outside_data(args.squad_init, "LMDISTILL_SQUAD_TRAIN", "--squad-init",
+                                "a SQuAD v1.1 train file (squad_v1.1_train11 of the project's data)", "bench_long")
+    args.tag += "-squadinit"
+    return {"path": squad_teacher(squad), "finetune": "always"}
+
+
+def qa_target(args) -> None:
+    """What the windowed teacher gives a 4,096-token QA student to distil: on the first `--rows` training
+    rows, the merged start distribution at T 1 and 2 (mass on [CLS], on the gold start, entropy against
+    the uniform ln L) and whether its argmax is the gold start. The teacher is the cached one of `qa`
+    with the same options. Prints the medians and writes benchmarks/results/long-qa-target.json."""
+    import logging
+    import math
+    import statistics
+
+    import torch
+
+    from lmdistill.api import finetune_teacher, load_teacher
+    from lmdistill.config import load_config
+    from lmdistill.models.teacher import default_cache_dir
+    from lmdistill.tasks import build_task
+
+    logging.basicConfig(level=logging.WARNING)
+    args.command = "qa"
+    task_name, task_cfg = task_settings(args)
+    config = load_config(run_config(args, "lsg", task_cfg, squad_init(args), "qa-target"))
+    task, cache_dir = build_task(config.task), default_cache_dir(config.cache_dir)
+    teacher, tokenizer, source, _ = load_teacher(config, task, cache_dir, False)
+    teacher = finetune_teacher(teacher, tokenizer, source, config, task, cache_dir, False)[0].eval()
+    rows = task.train_dataset(tokenizer)  # the student's 4,096-token rows
+    from transformers import BertConfig
+
+    windowed = task.distillation_teacher(teacher, tokenizer, BertConfig(max_position_embeddings=args.qa_length))
+    collate = task.collator(tokenizer)
+    stats = []
+    with torch.inference_mode():
+        for i in range(min(args.rows, len(rows))):
+            row = {k: rows[i][k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            gold = rows[i]["start_positions"]
+            start = windowed(**collate([row])).start_logits[0]
+            entry = {"length": len(start), "gold": gold, "argmax": int(start.argmax()),
+                     "argmax_without_cls": int(start[1:].argmax()) + 1}
+            for t in (1, 2):
+                p = (start / t).softmax(-1)
+                entry[f"cls_T{t}"] = float(p[0])
+                entry[f"gold_T{t}"] = float(p[gold])
+                entry[f"entropy_T{t}"] = float(-(p * p.clamp_min(1e-12).log()).sum())
+            entry["uniform_entropy"] = math.log(len(start))
+            stats.append(entry)
+    answered = [e for e in stats if e["gold"]]
+    summary = {"rows": len(stats), "rows_with_answer": len(answered),
+               "argmax_is_cls": sum(e["argmax"] == 0 for e in stats),
+               "argmax_without_cls_is_gold": sum(e["argmax_without_cls"] == e["gold"] for e in answered)}
+    for name in ("cls_T1", "cls_T2", "entropy_T1", "entropy_T2", "uniform_entropy"):
+        summary[f"median_{name}"] = round(statistics.median(e[name] for e in stats), 4)
+    for name in ("gold_T1", "gold_T2"):
+        summary[f"median_{name}_answer_rows"] = round(statistics.median(e[name] for e in answered), 4)
+    print(json.dumps(summary, indent=1))
+    (RESULTS.parent / "long-qa-target.json").write_text(json.dumps({"summary": summary, "rows": stats}, indent=1))
+
+
 def run_task(args) -> None:
     """Teacher (fine-tuned once, cached) and one student per name: train, score, measure; one JSON each."""
     import logging
@@ -292,14 +380,7 @@ def run_task(args) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     task_name, task_cfg = task_settings(args)
-    teacher_init = {}
-    if args.squad_init:
-        import common
-
-        squad = common.outside_data(args.squad_init, "LMDISTILL_SQUAD_TRAIN", "--squad-init",
-                                    "a SQuAD v1.1 train file (squad_v1.1_train11 of the project's data)", "bench_long")
-        teacher_init = {"path": squad_teacher(squad), "finetune": "always"}
-        args.tag += "-squadinit"
+    teacher_init = squad_init(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.students:
         key = f"{task_name}-{args.recipe}-L3-{name}-s{args.seed}-e{args.epochs:g}{args.tag}"
@@ -307,21 +388,7 @@ def run_task(args) -> None:
         if path.is_file():
             print(f"{key}: stored", flush=True)
             continue
-        efficient = name != "full"
-        config = {
-            "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
-                        "batch_size": args.teacher_batch_size, **teacher_init},
-            "student": student_settings(name, task_cfg["kind"], {"ner": MAX_LENGTH, "qa": args.qa_length}.get(
-                args.command, 512)),
-            "task": task_cfg,
-            "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
-            "training": {"epochs": args.epochs,
-                         # whole documents (ner, qa) in small batches; short texts in the same batches for all
-                         "batch_size": args.batch_size if efficient and args.command != "short" else args.full_batch_size,
-                         "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000},
-            "bench": {"enabled": False},
-            "output": str(WORK / key),
-        }
+        config = run_config(args, name, task_cfg, teacher_init, key)
         print(f"{key}: training", flush=True)
         start = time.time()
         result = distill(config, overwrite=True)
@@ -427,6 +494,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="suffix of the result name (e.g. -dev for a trial)")
     p.set_defaults(run=cost)
     for command, help_text in (("ner", "LitBank whole-document NER"), ("qa", "COVID-QA, split by document"),
+                               ("qa-target", "COVID-QA: what the windowed teacher gives a 4,096-token student"),
                                ("short", "a short task (WikiANN or the SQuAD slice), students with 512 positions")):
         p = sub.add_parser(command, help=help_text)
         p.add_argument("--task", default="wikiann", choices=list(SHORT_TASKS), help="short: which task")
@@ -449,7 +517,8 @@ def main(argv=None) -> int:
         p.add_argument("--squad-init", default=None,
                        help="QA: a SQuAD v1.1 train file; the teacher is fine-tuned on it before the task "
                             "(the result names end in -squadinit)")
-        p.set_defaults(run=run_task)
+        p.add_argument("--rows", type=int, default=30, help="qa-target: how many training rows")
+        p.set_defaults(run=qa_target if command == "qa-target" else run_task)
     p = sub.add_parser("table", help="tables from the stored results")
     p.add_argument("--markdown", default=None)
     p.set_defaults(run=table)
