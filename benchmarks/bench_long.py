@@ -241,13 +241,13 @@ def task_settings(args) -> tuple[str, dict]:
     raise ValueError(args.command)
 
 
-def student_settings(name: str, task_kind: str, max_length: int) -> dict:
+def student_settings(name: str, task_kind: str, max_length: int, qa_global: str = "question") -> dict:
     student = {"layers": LAYERS}
     if name != "full":
         presets = SHORT_ATTENTION if max_length <= 512 else ATTENTION
         attention = dict(presets[name], max_length=max_length)
         if name in ("longformer", "lsg") and task_kind == "question-answering":
-            attention["global"] = ["question"]
+            attention["global"] = [qa_global]
         student["attention"] = attention
     return student
 
@@ -285,7 +285,7 @@ def run_config(args, name: str, task_cfg: dict, teacher_init: dict, key: str) ->
         "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                     "batch_size": args.teacher_batch_size, **teacher_init},
         "student": student_settings(name, task_cfg["kind"], {"ner": MAX_LENGTH, "qa": args.qa_length}.get(
-            args.command, 512)),
+            args.command, 512), args.qa_global),
         "task": task_cfg,
         "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
         "training": {"epochs": args.epochs,
@@ -517,6 +517,8 @@ def main(argv=None) -> int:
         p.add_argument("--squad-init", default=None,
                        help="QA: a SQuAD v1.1 train file; the teacher is fine-tuned on it before the task "
                             "(the result names end in -squadinit)")
+        p.add_argument("--qa-global", default="question", choices=["question", "cls"],
+                       help="QA: the global tokens of the Longformer and LSG students")
         p.add_argument("--rows", type=int, default=30, help="qa-target: how many training rows")
         p.set_defaults(run=qa_target if command == "qa-target" else run_task)
     p = sub.add_parser("table", help="tables from the stored results")
