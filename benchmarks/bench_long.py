@@ -326,8 +326,8 @@ def qa_target(args) -> None:
     from lmdistill.tasks import build_task
 
     logging.basicConfig(level=logging.WARNING)
-    args.command = "qa"
-    task_name, task_cfg = task_settings(args)
+    args.command = "qa"  # the settings of the `qa` runs (task_settings, run_config read the command)
+    _, task_cfg = task_settings(args)
     config = load_config(run_config(args, "lsg", task_cfg, squad_init(args), "qa-target"))
     task, cache_dir = build_task(config.task), default_cache_dir(config.cache_dir)
     teacher, tokenizer, source, _ = load_teacher(config, task, cache_dir, False)

@@ -317,10 +317,9 @@ def global_attention_mask(tokens: list[str], input_ids, attention_mask=None, tok
     mask = torch.zeros_like(input_ids)
     if "cls" in tokens:
         mask[:, 0] = 1
-    if "question" in tokens:
-        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        first = token_type_ids == 0 if token_type_ids is not None else torch.zeros_like(real)
-        mask = mask | (real & first).long()
+    if "question" in tokens and token_type_ids is not None:
+        real = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        mask = mask | lsg.first_segment(real, token_type_ids).long()
     return mask
 
 

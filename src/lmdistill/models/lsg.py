@@ -150,6 +150,11 @@ def lsg_attention(query, key, value, mask, block_size: int, sparse_factor: int, 
     return out[:, :, :L]
 
 
+def first_segment(attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: the real tokens of a pair's first segment ([CLS] question [SEP], token type 0)."""
+    return attention_mask.bool() & (token_type_ids == 0)
+
+
 class LSGSelfAttention(BertSelfAttention):
     """BertSelfAttention (same weights) computing LSG attention; `attention_mask` is the 2D [B, L] mask."""
 
@@ -181,8 +186,7 @@ class LSGBertModel(BertModel):
             if attention_mask is None:
                 reference = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
                 attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-            real = attention_mask.long().clamp(max=1)
-            attention_mask = real + (real * (token_type_ids == 0).long())
+            attention_mask = attention_mask.long().clamp(max=1) + first_segment(attention_mask, token_type_ids).long()
         return super().forward(input_ids, attention_mask, token_type_ids, *args, **kwargs)
 
     def _create_attention_masks(self, attention_mask, encoder_attention_mask, *args, **kwargs):
