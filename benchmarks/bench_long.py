@@ -291,7 +291,10 @@ def run_config(args, name: str, task_cfg: dict, teacher_init: dict, key: str) ->
         "training": {"epochs": args.epochs,
                      # whole documents (ner, qa) in small batches; short texts in the same batches for all
                      "batch_size": args.batch_size if efficient and args.command != "short" else args.full_batch_size,
-                     "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000},
+                     "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000,
+                     # 64 rows of 4,096 tokens do not fit in 24 GB for Longformer (its L x L mask) and BigBird
+                     # (dense L x L probabilities); the batch changes no score
+                     "eval_batch_size": args.eval_batch_size or (8 if efficient and args.command != "short" else 64)},
         "bench": {"enabled": False},
         "output": str(WORK / key),
     }
@@ -391,7 +394,8 @@ def run_task(args) -> None:
         config = run_config(args, name, task_cfg, teacher_init, key)
         print(f"{key}: training", flush=True)
         start = time.time()
-        result = distill(config, overwrite=True)
+        resume = args.resume and (WORK / key / ".lmdistill-run.json").is_file()
+        result = distill(config, resume=True) if resume else distill(config, overwrite=True)
         wall = time.time() - start
         task = build_task(load_config(config).task)
         tokenizer = load_tokenizer(str(result.student_dir), "student")
@@ -402,7 +406,7 @@ def run_task(args) -> None:
                 task.bind(AutoConfig.from_pretrained(folder))
                 model = load_model(task.auto_class(), folder, {}, key=role)[0]
                 cost[role] = per_document_cost(task, model, tokenizer)
-        record = {"key": key, "wall_s": round(wall, 1), "config": config, "report": result.report, "cost": cost,
+        record = {"key": key, "wall_s": round(wall, 1), **({"resumed": True} if resume else {}), "config": config, "report": result.report, "cost": cost,
                   "threads": torch.get_num_threads()}
         path.write_text(json.dumps(record, indent=1))
         report = result.report
@@ -508,6 +512,11 @@ def main(argv=None) -> int:
         p.add_argument("--batch-size", type=int, default=2, help="efficient students on whole documents (ner, qa; short tasks use --full-batch-size)")
         p.add_argument("--full-batch-size", type=int, default=8, help="the full-attention student (512-token windows)")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--eval-batch-size", type=int, default=None,
+                       help="rows per evaluation batch (default 8 for efficient students on whole documents, else 64)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue a killed run from its folder under runs/bench-long (lmdistill --resume: a "
+                            "finished stage is not trained again; wall_s then counts only this process)")
         p.add_argument("--tag", default="")
         p.add_argument("--litbank", default=None, help="the LitBank folder (or $LMDISTILL_LITBANK)")
         p.add_argument("--covid-qa", default=None, help="the COVID-QA json (or $LMDISTILL_COVID_QA)")
