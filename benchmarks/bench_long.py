@@ -471,7 +471,7 @@ def table(args) -> None:
             lines.append(f"| {name} | {describe_student(runs[0]['config'])} | {len(runs)} | "
                          f"{common.mean_std([r['report']['student']['score'] * scale for r in runs])} | {em}"
                          f"{common.mean_std([100 * r['report']['retention'] for r in runs])} | {c['windows_per_doc']} | "
-                         f"{statistics.median(r['cost']['student']['latency_ms_per_doc'] for r in runs)} | {speed:.2f}x |")
+                         f"{statistics.median(r['cost']['student']['latency_ms_per_doc'] for r in runs):.1f} | {speed:.2f}x |")
         lines.append("")
     for path in sorted(RESULTS.glob("cost*.json")):
         record = json.loads(path.read_text())
