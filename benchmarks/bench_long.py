@@ -406,8 +406,8 @@ def run_task(args) -> None:
                 task.bind(AutoConfig.from_pretrained(folder))
                 model = load_model(task.auto_class(), folder, {}, key=role)[0]
                 cost[role] = per_document_cost(task, model, tokenizer)
-        record = {"key": key, "wall_s": round(wall, 1), **({"resumed": True} if resume else {}), "config": config, "report": result.report, "cost": cost,
-                  "threads": torch.get_num_threads()}
+        record = {"key": key, "wall_s": round(wall, 1), **({"resumed": True} if resume else {}), "config": config,
+                  "report": result.report, "cost": cost, "threads": torch.get_num_threads()}
         path.write_text(json.dumps(record, indent=1))
         report = result.report
         print(f"[done] {key}: {report['student']['metric']} {report['student']['score']:.4f} (teacher "
