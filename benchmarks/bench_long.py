@@ -280,7 +280,7 @@ def per_document_cost(task, model, tokenizer) -> dict:
 
 def run_config(args, name: str, task_cfg: dict, teacher_init: dict, key: str) -> dict:
     """The lmdistill config of one student's run."""
-    efficient = name != "full"
+    whole_documents = name != "full" and args.command != "short"  # efficient students on ner / qa
     return {
         "teacher": {"path": "minilm", "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                     "batch_size": args.teacher_batch_size, **teacher_init},
@@ -290,11 +290,11 @@ def run_config(args, name: str, task_cfg: dict, teacher_init: dict, key: str) ->
         "recipe": {"name": "kd", "temperature": 2.0, "alpha": 0.5} if args.recipe == "kd" else {"name": args.recipe},
         "training": {"epochs": args.epochs,
                      # whole documents (ner, qa) in small batches; short texts in the same batches for all
-                     "batch_size": args.batch_size if efficient and args.command != "short" else args.full_batch_size,
+                     "batch_size": args.batch_size if whole_documents else args.full_batch_size,
                      "learning_rate": args.lr, "seed": args.seed, "logging_steps": 10, "save_steps": 10000,
                      # 64 rows of 4,096 tokens do not fit in 24 GB for Longformer (its L x L mask) and BigBird
                      # (dense L x L probabilities); the batch changes no score
-                     "eval_batch_size": args.eval_batch_size or (8 if efficient and args.command != "short" else 64)},
+                     "eval_batch_size": args.eval_batch_size or (8 if whole_documents else 64)},
         "bench": {"enabled": False},
         "output": str(WORK / key),
     }
@@ -376,6 +376,7 @@ def run_task(args) -> None:
     import torch
     from transformers import AutoConfig
 
+    from lmdistill import run_folder
     from lmdistill.api import distill
     from lmdistill.config import load_config
     from lmdistill.models.teacher import load_model, load_tokenizer
@@ -394,7 +395,7 @@ def run_task(args) -> None:
         config = run_config(args, name, task_cfg, teacher_init, key)
         print(f"{key}: training", flush=True)
         start = time.time()
-        resume = args.resume and (WORK / key / ".lmdistill-run.json").is_file()
+        resume = args.resume and (WORK / key / run_folder.MARKER).is_file()
         result = distill(config, resume=True) if resume else distill(config, overwrite=True)
         wall = time.time() - start
         task = build_task(load_config(config).task)
